@@ -1,0 +1,109 @@
+"""Run the reference DICOM validators (dicom3tools, PixelMed, DCMTK) over written objects.
+
+Used by the test-suite and by ``cohort validate``. Each validator is an external program from a
+Debian package; a missing one raises ToolMissingError that names the package to install.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cohort.errors import CohortError
+
+SR_VALIDATOR_JAVA_OPTIONS = (
+    "-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0 -Djdk.xml.xpathTotalOpLimit=0"
+)
+_TOOLS = {"dciodvfy": "dicom3tools", "DicomSRValidator": "pixelmed-apps", "dsrdump": "dcmtk"}
+
+
+class ToolMissingError(RuntimeError, CohortError):
+    """A validator program is not installed."""
+
+
+@dataclass
+class ValidationResult:
+    """Errors and warnings one validator reported for one file."""
+
+    path: Path
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _require(tool: str) -> str:
+    exe = shutil.which(tool)
+    if exe is None:
+        raise ToolMissingError(f"{tool} not found; install it with: apt-get install -y {_TOOLS[tool]}")
+    return exe
+
+
+def dciodvfy(paths: Iterable[Path]) -> list[ValidationResult]:
+    """Validate each file against its IOD with dicom3tools' dciodvfy (one process per file)."""
+    exe = _require("dciodvfy")
+    results = []
+    for path in paths:
+        proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True, errors="replace")
+        res = ValidationResult(Path(path))
+        for line in (proc.stdout + proc.stderr).splitlines():
+            if line.startswith("Error"):
+                res.errors.append(line)
+            elif line.startswith("Warning"):
+                res.warnings.append(line)
+        results.append(res)
+    return results
+
+
+def sr_validator(paths: Sequence[Path], batch: int = 200) -> list[ValidationResult]:
+    """Check SR template conformance with PixelMed's DicomSRValidator (many files per JVM start)."""
+    exe = _require("DicomSRValidator")
+    env = dict(os.environ, JAVA_TOOL_OPTIONS=SR_VALIDATOR_JAVA_OPTIONS)
+    by_path = {str(p): ValidationResult(Path(p)) for p in paths}
+    for start in range(0, len(paths), batch):
+        chunk = [str(p) for p in paths[start:start + batch]]
+        proc = subprocess.run([exe, *chunk], capture_output=True, text=True, env=env, errors="replace")
+        current: ValidationResult | None = None
+        for line in (proc.stdout + proc.stderr).splitlines():
+            stripped = line.strip()
+            hit = next((p for p in chunk if p in stripped and not stripped.startswith(("Error", "Warning"))), None)
+            if hit is not None:
+                current = by_path[hit]
+                continue
+            if current is None and len(chunk) == 1:
+                current = by_path[chunk[0]]
+            if current is None:
+                continue
+            if stripped.startswith("Error"):
+                current.errors.append(stripped)
+            elif stripped.startswith("Warning"):
+                current.warnings.append(stripped)
+        if proc.returncode not in (0, 1) and not any(by_path[p].errors for p in chunk):
+            for p in chunk:
+                by_path[p].errors.append(f"DicomSRValidator exited {proc.returncode}: {proc.stderr[-300:]}")
+    return list(by_path.values())
+
+
+def dsrdump(paths: Iterable[Path]) -> list[ValidationResult]:
+    """Read each SR with DCMTK's dsrdump; any error output or non-zero exit is an error."""
+    exe = _require("dsrdump")
+    results = []
+    for path in paths:
+        proc = subprocess.run([exe, "-Ee", str(path)], capture_output=True, text=True, errors="replace")
+        res = ValidationResult(Path(path))
+        if proc.returncode != 0:
+            res.errors.append(f"dsrdump exit {proc.returncode}: {proc.stderr.strip()[:500]}")
+        for line in proc.stderr.splitlines():
+            if re.match(r"^(E|F):", line):
+                res.errors.append(line)
+            elif line.startswith("W:"):
+                res.warnings.append(line)
+        results.append(res)
+    return results
