@@ -1,0 +1,115 @@
+"""The cohort spec's internal form. YAML specs and text queries both compile to ``CohortSpec``.
+
+Semantics (the contract every backend and the oracle implement):
+
+* An ``ObjectCondition`` selects *entities* of one kind: a series for image kinds (CT, MR, CR, DX),
+  an instance for ECG waveforms, SR documents and SEGs. All its predicates must hold on the *same*
+  entity (same-instance semantics). A predicate on a multi-valued field (SR items, SEG segments)
+  holds when some value of that entity satisfies it. Predicates in one ``group`` must be satisfied
+  by the same item inside the entity (the same SEG segment, the same SR content container).
+* ``within`` restricts an object condition in time relative to another named object's event date:
+  ``min_days <= date(this) - date(other) <= max_days``, both on one patient.
+* ``cohort`` is a patient-level boolean expression over object names (AND / OR / NOT).
+* ``label`` reads a coded or boolean field of a named object; ``subsets`` are patient-level
+  expressions evaluated within the cohort; ``CT``, ``ECG``, ``CT+ECG`` always exist.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Kind = Literal["CT", "MR", "CR", "DX", "ECG", "SR", "SEG"]
+Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "contains", "exists"]
+Scalar = Union[float, int, str, bool]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Predicate(_Spec):
+    """``field op value``; numbers may carry a unit that is converted to the field's unit."""
+
+    field: str
+    op: Op
+    value: Scalar | list[Scalar] | None = None
+    unit: str | None = None
+    group: str | None = None  # predicates sharing a group hold on the same item of the entity
+
+
+class Within(_Spec):
+    """Time window of this object's date relative to another named object's date, in days."""
+
+    of: str
+    min_days: int | None = None
+    max_days: int | None = None
+    date_field: str | None = None  # field of ``of`` used as its event date; default its object date
+    own_date_field: str | None = None  # field of this object used as its date; default object date
+
+
+class ObjectCondition(_Spec):
+    """Entities of one kind (optionally one SR template) on which all predicates hold together."""
+
+    kind: Kind
+    template: str | None = None  # SR template key, e.g. "ecg_report", "registry"; required for SR
+    where: list[Predicate] = []
+    within: Within | None = None
+
+
+class And(_Spec):
+    all: list[Expr]
+
+
+class Or(_Spec):
+    any: list[Expr]
+
+
+class Not(_Spec):
+    not_: Expr = Field(alias="not")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Expr = Annotated[Union[str, And, Or, Not], Field(union_mode="left_to_right")]
+
+
+class Label(_Spec):
+    """Positive / negative values of a field of a named object; anything else is unknown."""
+
+    object: str
+    field: str
+    positive: list[Scalar]
+    negative: list[Scalar]
+
+
+class DistributionRequest(_Spec):
+    """Counts of distinct patients per bin (numeric) or category (coded/text) of one field."""
+
+    object: str
+    field: str
+    subset: str | None = None  # default: the whole cohort
+    bins: list[float] | None = None  # numeric bin edges; None for categories
+    unit: str | None = None
+
+
+class CohortSpec(_Spec):
+    """A whole cohort question: named object conditions, the cohort, label, subsets, distributions."""
+
+    name: str = "cohort"
+    description: str = ""
+    objects: dict[str, ObjectCondition]
+    cohort: Expr
+    label: Label | None = None
+    subsets: dict[str, Expr] = {}
+    distributions: list[DistributionRequest] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+
+
+And.model_rebuild()
+Or.model_rebuild()
+Not.model_rebuild()
+CohortSpec.model_rebuild()
