@@ -1,0 +1,88 @@
+"""``cohort synth``, ``cohort ingest`` and ``cohort validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cohort.cli import app
+from cohort.cli.progress import console, progress_callback
+from cohort.errors import ConfigError
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="output folder; one sub-folder per site")],
+    sites: Annotated[int, typer.Option(min=1, help="number of sites")] = 4,
+    patients: Annotated[str, typer.Option(help="patients per site, or a comma list, one per site")] = "120",
+    seed: Annotated[int, typer.Option(help="seed of the generative model")] = 0,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Write synthetic heterogeneous site exports, site.yaml and truth.csv per site."""
+    from cohort.synth.site import synthesize_consortium
+
+    counts: int | list[int] = [int(x) for x in patients.split(",")] if "," in patients else int(patients)
+    with progress_callback(not quiet) as cb:
+        written = synthesize_consortium(out, sites, counts, seed, cb)
+    table = Table(title=f"synthetic consortium in {out}")
+    for col in ("site", "patients", "files", "label prevalence", "site config"):
+        table.add_column(col)
+    for s in written:
+        table.add_row(s.site_id, str(s.patients), str(s.files), f"{s.prevalence:.1%}", str(s.site_config))
+    console.print(table)
+
+
+@app.command()
+def ingest(
+    raw_dir: Annotated[Path, typer.Argument(help="folder with the site's raw exports")],
+    store: Annotated[Path | None, typer.Option(help="store folder (default: the site config's store)")] = None,
+    site_config: Annotated[Path | None, typer.Option(help="site.yaml (default: RAW_DIR/../site.yaml)")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the ingest report JSON here")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Convert every input to DICOM in the store, index it, and report what became of each input."""
+    from cohort.ingest.run import ingest_folder
+    from cohort.siteconfig import load_site_config
+
+    cfg_path = site_config or raw_dir.parent / "site.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"no site config at {cfg_path}; pass --site-config PATH/site.yaml")
+    site = load_site_config(cfg_path)
+    store_dir = store or site.store_path()
+    with progress_callback(not quiet) as cb:
+        result = ingest_folder(raw_dir, store_dir, site, progress=cb)
+    if report:
+        result.write(report)
+    table = Table(title=f"ingest {raw_dir} -> {store_dir}")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key in ("inputs", "converted", "duplicates", "quarantined", "objects_written", "patients"):
+        table.add_row(key, str(getattr(result, key)))
+    for name, n in sorted(result.objects_by_sop_class.items()):
+        table.add_row(f"  {name}", str(n))
+    console.print(table)
+    for q in result.quarantine[:20]:
+        console.print(f"[yellow]quarantined[/] {q.input}: {q.reason}")
+    if len(result.quarantine) > 20:
+        console.print(f"... and {len(result.quarantine) - 20} more (see the report)")
+
+
+@app.command()
+def validate(
+    store: Annotated[Path, typer.Option(help="store folder")],
+    json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Run dciodvfy on every stored object and DicomSRValidator + dsrdump on every SR."""
+    from cohort.ingest.validation import validate_store
+
+    summary = validate_store(Path(store))
+    if json_out:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        console.print(summary.table())
+    if summary.errors:
+        raise typer.Exit(1)

@@ -1,0 +1,164 @@
+"""Disclosure control: what a site releases of a cohort answer, under its own policy.
+
+Rules (the site's policy wins; a request can only make them stricter):
+
+* Every released cell counts distinct patients. A cell below the minimum cell size is suppressed;
+  zero is suppressed too, so "suppressed" never reveals whether a cell is empty.
+* Secondary suppression: where cells add up to a released total (label cells of a subset, bins of a
+  single-valued distribution), one suppressed cell could be recovered by subtraction, so the next
+  smallest cell is suppressed as well.
+* Optional Laplace noise (scale ``noise_scale``) and rounding up to a multiple of ``rounding`` apply
+  to released cells.
+* Histograms with more bins than ``histogram_bin_cap`` and fields outside the allowlist are refused
+  per distribution; identifying fields refuse the whole query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cohort.errors import DisclosureError
+from cohort.results import LABEL_KEYS, CohortCounts
+from cohort.siteconfig import DisclosurePolicy
+
+# Fields that identify a person: never counted, binned or released, whatever the policy says.
+IDENTIFYING_FIELDS = frozenset({
+    "patient_id", "patient_name", "birth_date", "patient_birth_date", "pacs_id", "case_id",
+    "accession_number", "sop_uid", "study_uid", "series_uid", "entity_id", "path",
+})
+SUPPRESSED = None  # a released cell that is suppressed
+
+
+@dataclass
+class ReleasedDistribution:
+    """A distribution as released: bins with counts (None = suppressed), or a refusal reason."""
+
+    field: str
+    subset: str
+    kind: str
+    bins: list[dict[str, Any]] = field(default_factory=list)
+    refused: str | None = None
+
+
+@dataclass
+class ReleasedCounts:
+    """A cohort answer after disclosure control; the only form that leaves a site."""
+
+    min_cell_size: int
+    rounding: int
+    noise: bool
+    patients: int | None
+    subsets: dict[str, int | None]
+    labels: dict[str, dict[str, int | None]]
+    distributions: list[ReleasedDistribution] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReleasedCounts:
+        dists = [ReleasedDistribution(**d) for d in data.get("distributions", [])]
+        return cls(**{**data, "distributions": dists})
+
+
+def effective_min_cell(policy: DisclosurePolicy, requested: int | None) -> tuple[int, str | None]:
+    """The minimum cell size in force: the site's, or a stricter (larger) requested one."""
+    if requested is None or requested == policy.min_cell_size:
+        return policy.min_cell_size, None
+    if requested < policy.min_cell_size:
+        return policy.min_cell_size, (f"requested minimum cell size {requested} is below this site's "
+                                      f"{policy.min_cell_size}; the site's value applies")
+    return requested, None
+
+
+def check_fields(fields: list[str], policy: DisclosurePolicy) -> None:
+    """Refuse the whole query when it names identifying fields."""
+    bad = sorted({f for f in fields if f.lower() in IDENTIFYING_FIELDS})
+    if bad:
+        raise DisclosureError(f"query refused: it asks for identifying field(s) {bad}; identifying fields "
+                              f"({', '.join(sorted(IDENTIFYING_FIELDS))}) are never counted or released")
+
+
+class _Releaser:
+    def __init__(self, policy: DisclosurePolicy, min_cell: int, seed: int) -> None:
+        self.policy = policy
+        self.min_cell = min_cell
+        self.rng = np.random.default_rng(seed)
+
+    def cell(self, n: int) -> int | None:
+        if n < self.min_cell:
+            return SUPPRESSED
+        value = float(n)
+        if self.policy.noise_scale > 0:
+            value = max(0.0, value + float(self.rng.laplace(0.0, self.policy.noise_scale)))
+        r = self.policy.rounding
+        return int(math.ceil(value / r) * r) if r > 1 else int(round(value))
+
+    def group(self, raw: list[int], total_released: bool) -> list[int | None]:
+        """Release cells that sum to a released total, with secondary suppression."""
+        out = [self.cell(n) for n in raw]
+        if total_released:
+            suppressed = [i for i, v in enumerate(out) if v is SUPPRESSED]
+            if len(suppressed) == 1:
+                others = [i for i, v in enumerate(out) if v is not SUPPRESSED]
+                if others:
+                    out[min(others, key=lambda i: raw[i])] = SUPPRESSED
+        return out
+
+
+def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cell: int | None = None,
+            spec_fields: list[str] | None = None, seed: int = 0) -> ReleasedCounts:
+    """Apply ``policy`` to ``counts``; raises DisclosureError when the whole query is refused."""
+    dist_fields = [d.field for d in counts.distributions]
+    check_fields((spec_fields or []) + dist_fields, policy)
+    min_cell, note = effective_min_cell(policy, requested_min_cell)
+    rel = _Releaser(policy, min_cell, seed)
+    subsets: dict[str, int | None] = {}
+    labels: dict[str, dict[str, int | None]] = {}
+    for name, sc in counts.subsets.items():
+        subsets[name] = rel.cell(sc.patients)
+        cells = rel.group([getattr(sc, k) for k in LABEL_KEYS], subsets[name] is not SUPPRESSED)
+        labels[name] = dict(zip(LABEL_KEYS, cells, strict=True))
+    dists = []
+    for d in counts.distributions:
+        rd = ReleasedDistribution(field=d.field, subset=d.subset, kind=d.kind)
+        if policy.allowed_fields is not None and d.field not in policy.allowed_fields:
+            rd.refused = f"field {d.field!r} is not in this site's allowlist of releasable fields"
+        elif len(d.bins) > policy.histogram_bin_cap:
+            rd.refused = (f"{len(d.bins)} bins requested; this site releases at most "
+                          f"{policy.histogram_bin_cap} bins per distribution")
+        else:
+            # Bins partition the subset only for single-valued fields; secondary suppression is applied
+            # whenever the subset total is released, which is safe in both cases.
+            total_released = subsets.get(d.subset, SUPPRESSED) is not SUPPRESSED
+            cells = rel.group([b.count for b in d.bins], total_released)
+            rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
+                       for b, c in zip(d.bins, cells, strict=True)]
+        dists.append(rd)
+    return ReleasedCounts(min_cell_size=min_cell, rounding=policy.rounding, noise=policy.noise_scale > 0,
+                          patients=rel.cell(counts.patients), subsets=subsets, labels=labels,
+                          distributions=dists, notes=[note] if note else [])
+
+
+def spec_hash(spec_json: dict[str, Any]) -> str:
+    """Stable hash of a spec's canonical JSON form."""
+    return hashlib.sha256(json.dumps(spec_json, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def audit(log_path: Path, *, spec_json: dict[str, Any], requester: str, decision: str,
+          released: dict[str, Any] | None = None, reason: str | None = None) -> None:
+    """Append one answered or refused query to the site's audit log (JSON lines)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"time": datetime.now(UTC).isoformat(timespec="seconds"), "spec_hash": spec_hash(spec_json),
+             "requester": requester, "decision": decision, "reason": reason, "released": released}
+    with open(log_path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, ensure_ascii=False) + "\n")

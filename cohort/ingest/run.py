@@ -1,0 +1,33 @@
+"""Ingest entry point used by the CLI and the demo: convert, then index what was written."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cohort.ingest.base import Converter
+from cohort.ingest.pipeline import IngestRun, ProgressCallback
+from cohort.ingest.report import IngestReport
+from cohort.siteconfig import SiteConfig
+from cohort.store import Store
+
+
+def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress: ProgressCallback | None = None,
+                  converters: Sequence[Converter] | None = None, index: bool = True) -> IngestReport:
+    """Convert every input below ``raw_dir`` into ``store_dir`` and bring the index up to date."""
+    if converters is None:
+        from cohort.ingest.registry import default_converters
+
+        converters = default_converters()
+    store = Store(store_dir)
+    run = IngestRun(Path(raw_dir), store, site, converters, progress)
+    report = run.run()
+    if index:
+        from cohort.index.duck import DuckIndex
+
+        t0 = time.perf_counter()
+        with DuckIndex(store.index_path) as idx:
+            report.indexed_files = idx.add_files(list(store.files()), progress=progress)
+        report.timings["index_s"] = round(time.perf_counter() - t0, 3)
+    return report
