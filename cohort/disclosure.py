@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,12 +29,8 @@ import numpy as np
 from cohort.errors import DisclosureError
 from cohort.results import LABEL_KEYS, CohortCounts
 from cohort.siteconfig import DisclosurePolicy
+from cohort.spec.privacy import IDENTIFYING_FIELDS
 
-# Fields that identify a person: never counted, binned or released, whatever the policy says.
-IDENTIFYING_FIELDS = frozenset({
-    "patient_id", "patient_name", "birth_date", "patient_birth_date", "pacs_id", "case_id",
-    "accession_number", "sop_uid", "study_uid", "series_uid", "entity_id", "path",
-})
 SUPPRESSED = None  # a released cell that is suppressed
 
 
@@ -80,9 +77,17 @@ def effective_min_cell(policy: DisclosurePolicy, requested: int | None) -> tuple
     return requested, None
 
 
+def _normal(name: str) -> str:
+    """Field names compared without case and separators: PatientID == patient_id."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_IDENTIFYING_NORMAL = frozenset(_normal(f) for f in IDENTIFYING_FIELDS | {"sop_uid", "study_uid", "series_uid"})
+
+
 def check_fields(fields: list[str], policy: DisclosurePolicy) -> None:
     """Refuse the whole query when it names identifying fields."""
-    bad = sorted({f for f in fields if f.lower() in IDENTIFYING_FIELDS})
+    bad = sorted({f for f in fields if _normal(f) in _IDENTIFYING_NORMAL})
     if bad:
         raise DisclosureError(f"query refused: it asks for identifying field(s) {bad}; identifying fields "
                               f"({', '.join(sorted(IDENTIFYING_FIELDS))}) are never counted or released")

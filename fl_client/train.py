@@ -1,0 +1,275 @@
+"""Local training and evaluation of :class:`~fl_client.model.MultiModalNet` on one site's data.
+
+Sample counts (not batch counts) are returned so FedAvg can weight sites correctly. Class imbalance
+is handled through ``BCEWithLogitsLoss(pos_weight=n_negative / n_positive)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cohort.errors import ConfigError
+from fl_client.transforms import (
+    CT_KEY,
+    CT_PRESENT_KEY,
+    ECG_KEY,
+    ECG_PRESENT_KEY,
+    LABEL_KEY,
+    TABULAR_KEY,
+    TABULAR_MISSING_KEY,
+)
+
+__all__ = [
+    "DECISION_THRESHOLD", "BinaryMetrics", "EvalStats", "TrainConfig", "TrainStats", "binary_metrics",
+    "evaluate", "predict", "resolve_device", "roc_auc", "seed_everything", "train",
+]
+
+# Fixed operating point of the reported metrics. With pos_weight balancing the classes during
+# training, 0.5 corresponds to equal weight on both classes rather than to the site's prevalence.
+DECISION_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one local training call.
+
+    ``batch_size`` and ``num_workers`` are for building the loader (:func:`fl_client.data.make_loader`);
+    :func:`train` uses the loader it is given.
+
+    Attributes:
+        epochs: Passes over the local training set per call (per federated round).
+        batch_size: Samples per optimizer step.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
+        seed: Seed of torch, numpy and random before training (dropout, shuffling).
+        num_workers: DataLoader worker processes (0: load in the main process).
+    """
+
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    device: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0")
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    """Result of :func:`train`.
+
+    Attributes:
+        num_samples: Training samples in one epoch (the FedAvg weight; not multiplied by epochs).
+        loss: Mean per-sample training loss of the last epoch.
+        epoch_losses: Mean per-sample loss of every epoch, in order.
+    """
+
+    num_samples: int
+    loss: float
+    epoch_losses: tuple[float, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    """Threshold metrics of binary predictions; None where undefined (a class is absent)."""
+
+    threshold: float
+    balanced_accuracy: float | None
+    sensitivity: float | None
+    specificity: float | None
+
+
+@dataclass(frozen=True)
+class EvalStats:
+    """Result of :func:`evaluate`.
+
+    Metrics at :data:`DECISION_THRESHOLD` (0.5) are the reported ones. ``at_prevalence`` uses the
+    threshold that flags as many patients positive as the split has positives; it is chosen on the
+    evaluated labels themselves, so it is an optimistic diagnostic, not an unbiased estimate.
+
+    Attributes:
+        num_samples: Samples evaluated.
+        loss: Mean unweighted BCE loss (NaN when there are no samples).
+        auroc: Area under the ROC curve; None when only one class is present.
+        balanced_accuracy: Mean of sensitivity and specificity at 0.5 (of the defined ones).
+        sensitivity: True positive rate at 0.5; None without positives.
+        specificity: True negative rate at 0.5; None without negatives.
+        probabilities: Predicted probabilities, in loader order.
+        labels: True labels (0/1), in loader order.
+        at_prevalence: The same threshold metrics at the prevalence-matched threshold.
+    """
+
+    num_samples: int
+    loss: float
+    auroc: float | None
+    balanced_accuracy: float | None
+    sensitivity: float | None
+    specificity: float | None
+    probabilities: np.ndarray
+    labels: np.ndarray
+    at_prevalence: BinaryMetrics | None
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; other strings are passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={device!r} is not valid; use 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return resolved
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) so a training call is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _model_inputs(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    keys = (CT_KEY, ECG_KEY, TABULAR_KEY, TABULAR_MISSING_KEY, CT_PRESENT_KEY, ECG_PRESENT_KEY)
+    return {k: torch.as_tensor(batch[k]).to(device, dtype=torch.float32) for k in keys}
+
+
+def _labels(batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(batch[LABEL_KEY]).to(device, dtype=torch.float32).reshape(-1)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ----------------------------------------------------------------------------------------- training
+
+
+def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], cfg: TrainConfig,
+          pos_weight: float = 1.0) -> TrainStats:
+    """Train ``model`` in place for ``cfg.epochs`` epochs with AdamW and weighted BCE.
+
+    Args:
+        model: The model; moved to the configured device.
+        loader: Yields batches with the keys of :func:`fl_client.transforms.site_transforms`.
+        cfg: Training settings.
+        pos_weight: Weight of the positive class, e.g. :func:`fl_client.data.positive_weight`.
+    """
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
+    epoch_losses: list[float] = []
+    num_samples = 0
+    for _ in range(cfg.epochs):
+        total, count = 0.0, 0
+        for batch in loader:
+            labels = _labels(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(**_model_inputs(batch, device)), labels)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * labels.numel()
+            count += labels.numel()
+        num_samples = count
+        epoch_losses.append(total / count if count else math.nan)
+    return TrainStats(num_samples=num_samples, loss=epoch_losses[-1], epoch_losses=tuple(epoch_losses))
+
+
+@torch.no_grad()
+def _logits_and_labels(model: nn.Module, loader: Iterable[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+    device = _model_device(model)
+    model.eval()
+    logits, labels = [], []
+    for batch in loader:
+        logits.append(model(**_model_inputs(batch, device)).double().cpu())
+        labels.append(_labels(batch, device).double().cpu())
+    if not logits:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def predict(model: nn.Module, loader: Iterable[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and 0/1 labels for every sample of ``loader``, on the model's current device."""
+    logits, labels = _logits_and_labels(model, loader)
+    return torch.sigmoid(logits).numpy(), labels.round().long().numpy()
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); None with one class."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(scores.size, dtype=np.float64)
+    # Tied scores share the mean of the ranks they span.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    for start, n in zip(first, counts, strict=True):
+        ranks[order[start:start + n]] = start + (n + 1) / 2.0
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> BinaryMetrics:
+    """Sensitivity, specificity and balanced accuracy of ``scores >= threshold``."""
+    labels = np.asarray(labels).astype(bool)
+    predicted = np.asarray(scores) >= threshold
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    sens = float((predicted & labels).sum() / n_pos) if n_pos else None
+    spec = float((~predicted & ~labels).sum() / n_neg) if n_neg else None
+    defined = [v for v in (sens, spec) if v is not None]
+    bacc = float(np.mean(defined)) if defined else None
+    return BinaryMetrics(threshold=threshold, balanced_accuracy=bacc, sensitivity=sens, specificity=spec)
+
+
+def _prevalence_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    n_pos = int(np.asarray(labels).sum())
+    if n_pos == 0 or n_pos == labels.size:
+        return None
+    # The n_pos-th highest score: flagging everything at or above it matches the prevalence (up to ties).
+    return float(np.sort(scores)[::-1][n_pos - 1])
+
+
+def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]]) -> EvalStats:
+    """Evaluate on the model's current device; metrics at threshold 0.5 (see :class:`EvalStats`)."""
+    logits, label_t = _logits_and_labels(model, loader)
+    probs, labels = torch.sigmoid(logits).numpy(), label_t.round().long().numpy()
+    if probs.size == 0:
+        return EvalStats(0, math.nan, None, None, None, None, probs, labels, None)
+    # From logits, not probabilities: stays finite and exact for confident predictions.
+    loss = float(nn.functional.binary_cross_entropy_with_logits(logits, label_t))
+    main = binary_metrics(labels, probs, DECISION_THRESHOLD)
+    prev_t = _prevalence_threshold(labels, probs)
+    at_prev = binary_metrics(labels, probs, prev_t) if prev_t is not None else None
+    return EvalStats(num_samples=int(probs.size), loss=loss, auroc=roc_auc(labels, probs),
+                     balanced_accuracy=main.balanced_accuracy, sensitivity=main.sensitivity,
+                     specificity=main.specificity, probabilities=probs, labels=labels,
+                     at_prevalence=at_prev)

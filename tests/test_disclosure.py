@@ -1,0 +1,105 @@
+"""Disclosure control: thresholds, secondary suppression, rounding, refusals. Tries to break it."""
+
+from __future__ import annotations
+
+import pytest
+
+from cohort.disclosure import IDENTIFYING_FIELDS, audit, effective_min_cell, release
+from cohort.errors import DisclosureError
+from cohort.results import Bin, CohortCounts, Distribution, SubsetCounts
+from cohort.siteconfig import DisclosurePolicy
+
+
+def _counts(**subsets: tuple[int, int, int, int]) -> CohortCounts:
+    return CohortCounts(patients=max(v[0] for v in subsets.values()),
+                        subsets={k: SubsetCounts(*v) for k, v in subsets.items()})
+
+
+def test_small_cells_and_zero_are_suppressed_alike():
+    counts = _counts(CT=(40, 0, 36, 4), ECG=(9, 1, 8, 0))
+    out = release(counts, DisclosurePolicy(min_cell_size=10))
+    assert out.subsets == {"CT": 40, "ECG": None}
+    # positive 0 and unknown 4 are both below 10: both suppressed, indistinguishable.
+    assert out.labels["CT"] == {"positive": None, "negative": 36, "unknown": None}
+    assert out.labels["ECG"] == {"positive": None, "negative": None, "unknown": None}
+
+
+def test_secondary_suppression_blocks_recovery_by_subtraction():
+    counts = _counts(CT=(60, 5, 40, 15))  # only positive is small
+    out = release(counts, DisclosurePolicy(min_cell_size=10))
+    lab = out.labels["CT"]
+    assert lab["positive"] is None
+    # With one suppressed cell, 60 - 40 - 15 would reveal 5: a second cell must be suppressed.
+    assert sum(v is None for v in lab.values()) >= 2
+
+
+def test_every_released_cell_meets_the_threshold():
+    import itertools
+
+    for total, pos, unk in itertools.product([0, 3, 9, 10, 11, 25], [0, 1, 9, 10, 12], [0, 2, 10]):
+        neg = max(0, total - pos - unk)
+        out = release(_counts(S=(pos + neg + unk, pos, neg, unk)), DisclosurePolicy(min_cell_size=10))
+        released = [v for v in [out.patients, *out.subsets.values(), *out.labels["S"].values()] if v is not None]
+        assert all(v >= 10 for v in released)
+
+
+def test_server_cannot_lower_the_minimum_cell_but_can_raise_it():
+    policy = DisclosurePolicy(min_cell_size=10)
+    assert effective_min_cell(policy, 3)[0] == 10
+    assert effective_min_cell(policy, 3)[1] is not None
+    assert effective_min_cell(policy, 20) == (20, None)
+    out = release(_counts(CT=(12, 0, 12, 0)), policy, requested_min_cell=1)
+    assert out.min_cell_size == 10 and out.notes
+    assert release(_counts(CT=(12, 0, 12, 0)), policy, requested_min_cell=15).subsets["CT"] is None
+
+
+def test_rounding_rounds_up_to_a_multiple():
+    out = release(_counts(CT=(41, 0, 41, 0)), DisclosurePolicy(min_cell_size=10, rounding=5))
+    assert out.subsets["CT"] == 45
+
+
+def test_noise_is_seeded_and_never_negative():
+    policy = DisclosurePolicy(min_cell_size=10, noise_scale=2.0, rounding=1)
+    a = release(_counts(CT=(50, 10, 40, 0)), policy, seed=1)
+    b = release(_counts(CT=(50, 10, 40, 0)), policy, seed=1)
+    assert a.subsets == b.subsets and a.subsets["CT"] is not None and a.subsets["CT"] >= 0
+
+
+@pytest.mark.parametrize("field", ["patient_id", "PatientID", "birth_date", "patient_name", "sop_uid"])
+def test_identifying_fields_refuse_the_whole_query(field: str):
+    counts = _counts(CT=(40, 5, 35, 0))
+    counts.distributions.append(Distribution(field=field, kind="categories", subset="CT",
+                                             bins=[Bin("x", 40)]))
+    with pytest.raises(DisclosureError, match="identifying"):
+        release(counts, DisclosurePolicy())
+
+
+def test_identifying_field_in_the_spec_refuses_even_without_distribution():
+    with pytest.raises(DisclosureError):
+        release(_counts(CT=(40, 5, 35, 0)), DisclosurePolicy(), spec_fields=["qrs_duration", "patient_id"])
+
+
+def test_histogram_bin_cap_and_allowlist_refuse_per_distribution():
+    counts = _counts(CT=(100, 10, 90, 0))
+    counts.distributions = [
+        Distribution("qrs_duration", "histogram", "CT", [Bin(str(i), 4) for i in range(30)]),
+        Distribution("prosthesis_type", "categories", "CT", [Bin("SE", 60), Bin("BE", 40)]),
+        Distribution("lvef", "categories", "CT", [Bin("a", 95), Bin("b", 5)]),
+    ]
+    out = release(counts, DisclosurePolicy(histogram_bin_cap=20, allowed_fields=["qrs_duration", "lvef"]))
+    assert out.distributions[0].refused and "20" in out.distributions[0].refused
+    assert out.distributions[1].refused and "allowlist" in out.distributions[1].refused
+    # lvef: bin "b" (5) suppressed, and "a" too, else 100 - 95 reveals it.
+    assert [b["count"] for b in out.distributions[2].bins] == [None, None]
+
+
+def test_identifying_field_set_covers_the_dicom_identifiers():
+    assert {"patient_id", "birth_date", "patient_name"} <= IDENTIFYING_FIELDS
+
+
+def test_audit_log_appends_one_line_per_query(tmp_path):
+    log = tmp_path / "audit.jsonl"
+    audit(log, spec_json={"a": 1}, requester="run-1", decision="answered", released={"patients": 10})
+    audit(log, spec_json={"a": 1}, requester="run-2", decision="refused", reason="identifying field")
+    lines = log.read_text().splitlines()
+    assert len(lines) == 2 and '"refused"' in lines[1]
