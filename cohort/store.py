@@ -44,10 +44,6 @@ class Store(StoreView):
             d.mkdir(parents=True, exist_ok=True)
         self._sop_paths: dict[str, Path] | None = None
 
-    @property
-    def index_path(self) -> Path:
-        return self.root / "index.duckdb"
-
     # --- writing ----------------------------------------------------------------------------------
     def path_for(self, ds: Dataset) -> Path:
         """Where a dataset lives in the store (depends only on its identifiers)."""

@@ -68,7 +68,7 @@ def test_stored_object_is_pseudonymised_and_keeps_uids_and_pixels(tmp_path: Path
     assert stored.SOPInstanceUID == original.SOPInstanceUID
     assert stored.PixelData == original.PixelData
     assert stored.PatientID != original.PatientID and stored.PatientID.startswith("P")
-    assert str(stored.PatientName) == stored.PatientID
+    assert stored.PatientName.family_name == stored.PatientID
     assert files[0].relative_to(store.dicom_dir).parts[0] == stored.PatientID
 
 

@@ -13,6 +13,11 @@ from pydicom.sr.coding import Code
 LOCAL_SCHEME = "99FEDCOH"
 LOCAL_SCHEME_NAME = "FedCohort project-local codes"
 LOCAL_SCHEME_UID = "1.3.6.1.4.1.60000.1.1"  # private arc of the project's example root, see uids.py
+# German procedure classification (OPS, BfArM). DICOM defines no designator for it, so a private one
+# ("99" prefix, PS3.16 8.2) is declared in every SR that uses it; the catalogue year is the version.
+OPS_SCHEME = "99OPS"
+OPS_SCHEME_NAME = "OPS - Operationen- und Prozedurenschluessel"
+OPS_SCHEME_ORGANIZATION = "BfArM"
 
 # --- SR document titles and template containers ---------------------------------------------------
 # TID 3700 root. DICOM's tables print LOINC 11524-0, which fails the LOINC check digit; the valid
@@ -54,6 +59,29 @@ RR_INTERVAL = Code("2:16168", "MDC", "RR interval global")
 P_AXIS = Code("2:16128", "MDC", "P axis")
 QRS_AXIS = Code("2:16132", "MDC", "QRS axis")
 T_AXIS = Code("2:16136", "MDC", "T axis")
+# LOINC "Heart rate" (in pydicom's tables, CIDs 12200ff.); no MDC heart-rate code was verified.
+HEART_RATE = Code("8867-4", "LN", "Heart rate")
+
+# --- Units (UCUM) ---------------------------------------------------------------------------------
+MILLISECOND = Code("ms", "UCUM", "millisecond")
+DEGREE = Code("deg", "UCUM", "degree")
+PER_MINUTE = Code("/min", "UCUM", "per minute")
+YEAR = Code("a", "UCUM", "year")
+MICROVOLT = Code("uV", "UCUM", "microvolt")
+CENTIMETER = Code("cm", "UCUM", "centimeter")
+MILLIMETER = Code("mm", "UCUM", "millimeter")
+KILOGRAM = Code("kg", "UCUM", "kilogram")
+PERCENT = Code("%", "UCUM", "percent")
+DAY = Code("d", "UCUM", "day")
+
+# --- Observation context (TID 1001 / 1004) and language (TID 1204) --------------------------------
+OBSERVER_TYPE = Code("121005", "DCM", "Observer Type")
+DEVICE = Code("121007", "DCM", "Device")
+DEVICE_OBSERVER_UID = Code("121012", "DCM", "Device Observer UID")
+DEVICE_OBSERVER_NAME = Code("121013", "DCM", "Device Observer Name")
+DEVICE_OBSERVER_MANUFACTURER = Code("121014", "DCM", "Device Observer Manufacturer")
+DEVICE_OBSERVER_MODEL_NAME = Code("121015", "DCM", "Device Observer Model Name")
+ENGLISH_US = Code("en-US", "RFC5646", "English (United States)")
 
 # --- ECG leads (CID 3001, MDC); older files use scheme SCPECG -----------------------------------
 LEAD_CODES_MDC: dict[str, str] = {
@@ -66,6 +94,12 @@ LEAD_CODES_SCPECG: dict[str, str] = {
     "aVR": "5.6.3-9-62", "aVL": "5.6.3-9-63", "aVF": "5.6.3-9-64",
 }
 TWELVE_LEADS: tuple[str, ...] = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+# Code meanings of CID 3001 as pydicom 3.0.2 prints them.
+LEAD_MEANINGS_MDC: dict[str, str] = {
+    "I": "Lead I", "II": "Lead II", "III": "Lead III", "aVR": "aVR, augmented voltage, right",
+    "aVL": "aVL, augmented voltage, left", "aVF": "aVF, augmented voltage, foot", "V1": "Lead V1",
+    "V2": "Lead V2", "V3": "Lead V3", "V4": "Lead V4", "V5": "Lead V5", "V6": "Lead V6",
+}
 
 # --- Clinical findings and procedures --------------------------------------------------------------
 LEFT_BUNDLE_BRANCH_BLOCK = Code("63467002", "SCT", "Left bundle branch block")
@@ -83,6 +117,8 @@ TOBACCO_SMOKING_BEHAVIOR = Code("365981007", "SCT", "Tobacco smoking behavior")
 CURRENT_SMOKER = Code("77176002", "SCT", "Current smoker")
 FORMER_SMOKER = Code("8517006", "SCT", "Former smoker")
 NEVER_SMOKED = Code("266919005", "SCT", "Never smoked tobacco")
+YES = Code("373066001", "SCT", "Yes")  # CID 230
+NO = Code("373067005", "SCT", "No")
 MALE = Code("M", "DCM", "Male")
 FEMALE = Code("F", "DCM", "Female")
 NYHA_CLASSES = {
@@ -109,6 +145,17 @@ TISSUE = Code("85756007", "SCT", "Tissue")
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
 IMAGE_REGION = Code("111030", "DCM", "Image Region")
+# Landmark sites (CID 12291 sinuses of Valsalva) and the RCA ostium under its table meaning;
+# RIGHT_CORONARY_ARTERY above carries the same code (56789007 is the ostium in pydicom's tables).
+NON_CORONARY_SINUS = Code("24865005", "SCT", "Non-coronary Sinus")
+LEFT_SINUS_OF_VALSALVA = Code("36371001", "SCT", "Left Sinus of Valsalva")
+RIGHT_SINUS_OF_VALSALVA = Code("89093001", "SCT", "Right Sinus of Valsalva")
+RIGHT_CORONARY_ARTERY_OSTIUM = Code("56789007", "SCT", "Right Coronary Artery Ostium")
+CT_UNSPECIFIED_BODY_REGION = Code("25045-6", "LN", "CT unspecified body region")  # CID 100
+
+# --- Segmentation algorithm families (CID 7162), for SEG AlgorithmIdentificationSequence --------
+ALGORITHM_FAMILY_AI = Code("123110", "DCM", "Artificial Intelligence")
+ALGORITHM_FAMILY_MANUAL = Code("123109", "DCM", "Manual Processing")
 
 # --- Project-local codes (scheme 99FEDCOH): concepts with no standard code found ------------------
 MEMBRANOUS_SEPTUM = Code("MS001", LOCAL_SCHEME, "Membranous interventricular septum")
@@ -124,3 +171,17 @@ REGISTRY_REPORT = Code("REG001", LOCAL_SCHEME, "TAVI registry record")
 PROCEDURE_HISTORY_REPORT = Code("PRC001", LOCAL_SCHEME, "Coded procedure history")
 FREE_TEXT_REPORT = Code("TXT001", LOCAL_SCHEME, "Free-text clinical report")
 LANDMARK_REPORT = Code("LMK001", LOCAL_SCHEME, "TAVI planning landmarks")
+# Registry (IQTIG-like) and procedure-history items without a verified standard code.
+TAVI_DATE = Code("TAVI02", LOCAL_SCHEME, "Date of TAVI")
+PROCEDURE_DATE = Code("PRD001", LOCAL_SCHEME, "Procedure date")
+LVEF = Code("EF001", LOCAL_SCHEME, "Left ventricular ejection fraction")
+NYHA_CLASS = Code("NY000", LOCAL_SCHEME, "NYHA functional class")
+ACCESS_ROUTE = Code("AR000", LOCAL_SCHEME, "TAVI access route")
+TRANSFEMORAL_ACCESS = Code("AR001", LOCAL_SCHEME, "Transfemoral access")
+TRANSAPICAL_ACCESS = Code("AR002", LOCAL_SCHEME, "Transapical access")
+TRANSAXILLARY_ACCESS = Code("AR003", LOCAL_SCHEME, "Transaxillary access")
+VALVE_IN_VALVE = Code("VIV001", LOCAL_SCHEME, "Valve-in-valve procedure")
+DIABETES_TREATMENT = Code("DM000", LOCAL_SCHEME, "Diabetes treatment")
+DIABETES_DIET = Code("DM001", LOCAL_SCHEME, "Diabetes treated by diet")
+DIABETES_ORAL = Code("DM002", LOCAL_SCHEME, "Diabetes treated with oral medication")
+DIABETES_INSULIN = Code("DM003", LOCAL_SCHEME, "Diabetes treated with insulin")

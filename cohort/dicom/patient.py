@@ -24,7 +24,7 @@ IDENTIFYING_ATTRIBUTES = (
 class PatientRef:
     """One patient of the site: the pseudonym used in the store and the source identifiers it links."""
 
-    patient_id: str  # pseudonymous PatientID, also used as PatientName
+    patient_id: str  # pseudonymous PatientID, also the family name of PatientName
     pacs_id: str
     case_ids: tuple[str, ...] = ()
 
@@ -41,7 +41,7 @@ def apply_patient(ds: Dataset, patient: PatientRef) -> Dataset:
     Birth date becomes empty (type 2): age and sex are kept, as cohorts need them.
     """
     ds.PatientID = patient.patient_id
-    ds.PatientName = patient.patient_id
+    ds.PatientName = f"{patient.patient_id}^"  # the pseudonym as family name: the non-retired PN form
     ds.PatientBirthDate = ""
     for keyword in IDENTIFYING_ATTRIBUTES:
         if keyword in ds:

@@ -62,32 +62,43 @@ def dciodvfy(paths: Iterable[Path]) -> list[ValidationResult]:
     return results
 
 
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+_BATCH_SOURCE = Path(__file__).with_name("BatchSRValidator.java")
+# PixelMed reports template and relationship problems in these forms; all of them are errors.
+_SR_ERROR_PATTERNS = (re.compile(r"^Error"), re.compile(r"illegal relationship", re.I),
+                      re.compile(r"^Missing ", re.I))
+
+
 def sr_validator(paths: Sequence[Path], batch: int = 200) -> list[ValidationResult]:
-    """Check SR template conformance with PixelMed's DicomSRValidator (many files per JVM start)."""
-    exe = _require("DicomSRValidator")
+    """Check SR template conformance with PixelMed's DicomSRValidator, many files per JVM start."""
+    _require("DicomSRValidator")
+    java = shutil.which("java")
+    if java is None or not PIXELMED_JAR.exists():
+        raise ToolMissingError(f"java or {PIXELMED_JAR} not found; install it with: apt-get install -y pixelmed-apps")
     env = dict(os.environ, JAVA_TOOL_OPTIONS=SR_VALIDATOR_JAVA_OPTIONS)
     by_path = {str(p): ValidationResult(Path(p)) for p in paths}
     for start in range(0, len(paths), batch):
         chunk = [str(p) for p in paths[start:start + batch]]
-        proc = subprocess.run([exe, *chunk], capture_output=True, text=True, env=env, errors="replace")
+        proc = subprocess.run([java, "-cp", str(PIXELMED_JAR), str(_BATCH_SOURCE), *chunk],
+                              capture_output=True, text=True, env=env, errors="replace")
+        seen: set[str] = set()
         current: ValidationResult | None = None
-        for line in (proc.stdout + proc.stderr).splitlines():
+        for line in proc.stdout.splitlines():
             stripped = line.strip()
-            hit = next((p for p in chunk if p in stripped and not stripped.startswith(("Error", "Warning"))), None)
-            if hit is not None:
-                current = by_path[hit]
+            if stripped.startswith("=== "):
+                current = by_path.get(stripped[4:])
+                seen.add(stripped[4:])
                 continue
-            if current is None and len(chunk) == 1:
-                current = by_path[chunk[0]]
-            if current is None:
+            if current is None or not stripped:
                 continue
-            if stripped.startswith("Error"):
+            if any(p.search(stripped) for p in _SR_ERROR_PATTERNS):
                 current.errors.append(stripped)
             elif stripped.startswith("Warning"):
                 current.warnings.append(stripped)
-        if proc.returncode not in (0, 1) and not any(by_path[p].errors for p in chunk):
-            for p in chunk:
-                by_path[p].errors.append(f"DicomSRValidator exited {proc.returncode}: {proc.stderr[-300:]}")
+        for p in chunk:
+            if p not in seen:
+                by_path[p].errors.append(f"DicomSRValidator did not report on this file (exit {proc.returncode}): "
+                                         f"{proc.stderr.strip()[-300:]}")
     return list(by_path.values())
 
 

@@ -60,6 +60,7 @@ class IngestReport:
     duplicate_inputs: list[DuplicateInput] = field(default_factory=list)
     rejected_parts: list[RejectedPartEntry] = field(default_factory=list)
     indexed_files: int = 0
+    index_failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     this_run: dict[str, int] = field(default_factory=dict)  # processed now vs replayed from the journal
 
@@ -81,4 +82,5 @@ class IngestReport:
         data.pop("timings")
         data.pop("this_run")
         data.pop("indexed_files")
+        data.pop("index_failures")
         return data

@@ -27,7 +27,10 @@ def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress:
         from cohort.index.duck import DuckIndex
 
         t0 = time.perf_counter()
-        with DuckIndex(store.index_path) as idx:
-            report.indexed_files = idx.add_files(list(store.files()), progress=progress)
+        index_progress = (lambda done, total: progress("indexing", done, total)) if progress else None
+        with DuckIndex.for_store(store.root) as idx:
+            added = idx.add_files(list(store.files()), progress=index_progress)
+        report.indexed_files = added.indexed
+        report.index_failures = [{"path": p, "reason": r} for p, r in added.failed]
         report.timings["index_s"] = round(time.perf_counter() - t0, 3)
     return report
