@@ -137,7 +137,6 @@ LEFT_VENTRICLE = Code("87878005", "SCT", "Left ventricle")
 RIGHT_VENTRICLE = Code("53085002", "SCT", "Right ventricle")
 HEART = Code("80891009", "SCT", "Heart")
 LEFT_MAIN_CORONARY_OSTIUM = Code("1256091001", "SCT", "Ostium of left main coronary artery")
-RIGHT_CORONARY_ARTERY = Code("56789007", "SCT", "Right coronary artery")
 CALCIFIED = Code("237897009", "SCT", "Calcified")
 CALCIUM_VOLUME = Code("122660", "DCM", "Calcium volume")
 AGATSTON_SCORE = Code("112055", "DCM", "Agatston score")
@@ -146,7 +145,6 @@ ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
 IMAGE_REGION = Code("111030", "DCM", "Image Region")
 # Landmark sites (CID 12291 sinuses of Valsalva) and the RCA ostium under its table meaning;
-# RIGHT_CORONARY_ARTERY above carries the same code (56789007 is the ostium in pydicom's tables).
 NON_CORONARY_SINUS = Code("24865005", "SCT", "Non-coronary Sinus")
 LEFT_SINUS_OF_VALSALVA = Code("36371001", "SCT", "Left Sinus of Valsalva")
 RIGHT_SINUS_OF_VALSALVA = Code("89093001", "SCT", "Right Sinus of Valsalva")
@@ -170,7 +168,6 @@ DAYS_TAVI_TO_PACEMAKER = Code("PM002", LOCAL_SCHEME, "Days from TAVI to pacemake
 REGISTRY_REPORT = Code("REG001", LOCAL_SCHEME, "TAVI registry record")
 PROCEDURE_HISTORY_REPORT = Code("PRC001", LOCAL_SCHEME, "Coded procedure history")
 FREE_TEXT_REPORT = Code("TXT001", LOCAL_SCHEME, "Free-text clinical report")
-LANDMARK_REPORT = Code("LMK001", LOCAL_SCHEME, "TAVI planning landmarks")
 # Registry (IQTIG-like) and procedure-history items without a verified standard code.
 TAVI_DATE = Code("TAVI02", LOCAL_SCHEME, "Date of TAVI")
 PROCEDURE_DATE = Code("PRD001", LOCAL_SCHEME, "Procedure date")
