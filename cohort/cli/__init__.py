@@ -14,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 def _register() -> None:
     from cohort.cli import data_cmds  # noqa: F401  (registers synth, ingest, validate)
+    from cohort.cli import engine_cmds  # noqa: F401  (registers query, export, reindex, fields)
 
 
 def main() -> None:

@@ -43,20 +43,38 @@ def ingest(
     site_config: Annotated[Path | None, typer.Option(help="site.yaml (default: RAW_DIR/../site.yaml)")] = None,
     report: Annotated[Path | None, typer.Option(help="write the ingest report JSON here")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+    from_dicomweb: Annotated[str | None, typer.Option(
+        help="pull new objects from this DICOMweb PACS (e.g. http://pacs:8042/dicom-web) first")] = None,
+    push_dicomweb: Annotated[str | None, typer.Option(
+        help="afterwards, STOW-RS the derived objects (not pulled from this PACS) to this DICOMweb URL")] = None,
 ) -> None:
     """Convert every input to DICOM in the store, index it, and report what became of each input."""
+    from cohort.ingest import dicomweb
     from cohort.ingest.run import ingest_folder
     from cohort.siteconfig import load_site_config
+    from cohort.store import Store
 
     cfg_path = site_config or raw_dir.parent / "site.yaml"
     if not cfg_path.exists():
         raise ConfigError(f"no site config at {cfg_path}; pass --site-config PATH/site.yaml")
     site = load_site_config(cfg_path)
     store_dir = store or site.store_path()
+    pulled: dicomweb.PullReport | None = None
+    pushed: dicomweb.PushReport | None = None
     with progress_callback(not quiet) as cb:
+        if from_dicomweb:
+            pulled = dicomweb.pull_from_dicomweb(from_dicomweb, raw_dir,
+                                                 dicomweb.state_path_for(store_dir, from_dicomweb), progress=cb)
         result = ingest_folder(raw_dir, store_dir, site, progress=cb)
+        if push_dicomweb:
+            pushed = dicomweb.push_to_dicomweb(push_dicomweb, Store(store_dir), None,
+                                               dicomweb.state_path_for(store_dir, push_dicomweb), progress=cb)
+    for line in [*(dicomweb.summary(pulled) if pulled else []), *(dicomweb.summary(pushed) if pushed else [])]:
+        console.print(line, markup=False, highlight=False)
     if report:
         result.write(report)
+        if pulled or pushed:
+            dicomweb.write_sidecar(report, pulled, pushed)
     table = Table(title=f"ingest {raw_dir} -> {store_dir}")
     table.add_column("what")
     table.add_column("count", justify="right")

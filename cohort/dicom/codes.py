@@ -144,7 +144,7 @@ TISSUE = Code("85756007", "SCT", "Tissue")
 ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED_STRUCTURE = Code("49755003", "SCT", "Morphologically Altered Structure")
 IMAGE_REGION = Code("111030", "DCM", "Image Region")
-# Landmark sites (CID 12291 sinuses of Valsalva) and the RCA ostium under its table meaning;
+# Landmark sites (CID 12291 sinuses of Valsalva) and the RCA ostium under its table meaning.
 NON_CORONARY_SINUS = Code("24865005", "SCT", "Non-coronary Sinus")
 LEFT_SINUS_OF_VALSALVA = Code("36371001", "SCT", "Left Sinus of Valsalva")
 RIGHT_SINUS_OF_VALSALVA = Code("89093001", "SCT", "Right Sinus of Valsalva")

@@ -120,6 +120,9 @@ class Converter(ABC):
     name: ClassVar[str]  # format id shown in reports, e.g. "hl7-aecg"
     stage: ClassVar[int]
     description: ClassVar[str]
+    # True when the file *name* says which patient the content belongs to (NIfTI, markups): then two
+    # files with equal bytes but different names are different inputs, not duplicates.
+    linked_by_name: ClassVar[bool] = False
 
     @abstractmethod
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:

@@ -4,24 +4,39 @@ Idempotent and crash-safe: object UIDs are derived from input content, files are
 atomically, and each input's final outcome is appended to ``STORE/.ingest/journal.jsonl`` after its
 objects are on disk. A re-run replays recorded outcomes, so a run killed midway and then repeated
 leaves the same store and the same report as one uninterrupted run.
+
+Conversion runs in a process pool (one worker per core) stage by stage: workers convert inputs and
+write each object to a temporary file next to its final place; the main process then takes the
+results strictly in input order, decides duplicates, renames the temporary files into place and
+appends the journal entry. Decisions and journal order are therefore those of a sequential run,
+whatever the number of workers; a later stage starts only when the earlier one is committed (a SEG
+needs its CT in the store).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from cohort.errors import CohortError, ConfigError, InputError
-from cohort.ingest.base import Converter, IngestContext, InputHead, first_match
+from cohort.ingest.base import HEAD_BYTES, Converter, IngestContext, InputHead, first_match
 from cohort.ingest.patients import MappingPatientDirectory
 from cohort.ingest.report import (
     OUTCOME_CONVERTED,
@@ -37,6 +52,12 @@ from cohort.store import Store
 
 ProgressCallback = Callable[[str, int, int], None]  # (stage description, done, total)
 
+WORKERS_ENV = "COHORT_INGEST_WORKERS"
+TEMP_PREFIX = ".tmp-"  # objects being written; a crashed run's leftovers are removed by the next run
+_STAGED_SUFFIX = ".partial"  # not *.dcm, so no store glob ever sees a half-committed object
+_MIN_POOL_INPUTS = 32  # below this, starting worker processes costs more than it saves
+_MAX_BATCH = 16
+
 
 @dataclass
 class _Input:
@@ -47,12 +68,64 @@ class _Input:
     sniff_error: str | None = None
 
 
-def _digest(path: Path) -> str:
+@dataclass
+class _Staged:
+    """One converted object, written to a temporary file, waiting to be renamed into place."""
+
+    sop_uid: str
+    sop_class: str
+    patient_id: str
+    temp: str
+    target: str
+
+
+@dataclass
+class _Converted:
+    """What a worker made of one input: staged objects and rejected parts, or the reason it failed."""
+
+    objects: list[_Staged] = field(default_factory=list)
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (where, reason, content)
+    error: str | None = None
+
+    def discard(self) -> None:
+        for obj in self.objects:
+            _unlink(Path(obj.temp))
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def default_workers() -> int:
+    """Conversion processes: ``$COHORT_INGEST_WORKERS`` if set, else the usable CPU cores."""
+    env = os.environ.get(WORKERS_ENV, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ConfigError(f"{WORKERS_ENV}={env!r} is not a whole number; set it to e.g. 1 or 4") from None
+        return max(1, n)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _digest_and_head(path: Path) -> tuple[str, InputHead]:
+    """SHA-256 of the file and its head for sniffing, reading the file once."""
     h = hashlib.sha256()
+    head = b""
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
+            if not head:
+                head = chunk[:HEAD_BYTES]
             h.update(chunk)
-    return h.hexdigest()
+    if head[:2] == b"\x1f\x8b":
+        return h.hexdigest(), InputHead.read(path)  # decompresses the head
+    return h.hexdigest(), InputHead(path, head, False)
 
 
 def discover_inputs(raw_dir: Path) -> list[Path]:
@@ -71,13 +144,19 @@ class Journal:
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
         self.sop_owner: dict[str, str] = {}  # SOP Instance UID -> input digest that produced it
         self.digest_owner: dict[str, str] = {}  # input digest -> first input path with it
+        self._fh: io.TextIOWrapper | None = None
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            text = path.read_text(encoding="utf-8")
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue
                 self._remember(entry)
+            if text and not text.endswith("\n"):
+                # A torn last line: end it, so the next entry starts on a line of its own.
+                with open(path, "a", encoding="utf-8") as fh:
+                    fh.write("\n")
 
     def _remember(self, entry: dict[str, Any]) -> None:
         self.entries[(entry["input"], entry["sha256"])] = entry
@@ -90,10 +169,16 @@ class Journal:
         return self.entries.get((rel, digest))
 
     def append(self, entry: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            fh.flush()
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._fh.flush()  # in the OS once flushed: a killed process loses nothing it journaled
         self._remember(entry)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _sop_class_name(uid: str) -> str:
@@ -101,23 +186,106 @@ def _sop_class_name(uid: str) -> str:
     return name if name and name != uid else uid
 
 
+# --- conversion (in worker processes, or in-process for small runs) -------------------------------
+class _ConversionWorker:
+    """Converts inputs and stages their objects; one per worker process."""
+
+    def __init__(self, raw_dir: Path, store_root: Path, site: SiteConfig, converters: Sequence[Converter]) -> None:
+        self.raw_dir = raw_dir
+        self.store = Store(store_root)
+        self.site = site
+        self.converters = list(converters)
+        self.patients = MappingPatientDirectory(site, raw_dir)
+        self._dirs: set[Path] = set()
+        self._count = 0
+
+    def convert(self, path: Path, digest: str, converter_index: int) -> _Converted:
+        conv = self.converters[converter_index]
+        ctx = IngestContext(site=self.site, raw_dir=self.raw_dir, patients=self.patients, store=self.store,
+                            input_digest=digest)
+        out = _Converted()
+        try:
+            result = conv.convert(path, ctx)
+            for ds in result.datasets:
+                out.objects.append(self._stage(ds))
+        except InputError as exc:
+            out.discard()
+            return _Converted(error=str(exc))
+        except Exception as exc:  # a converter bug must not sink the run; keep the input and say so
+            out.discard()
+            return _Converted(error=f"converter {conv.name} failed unexpectedly: {type(exc).__name__}: {exc} "
+                                    "(please report this as a bug)")
+        out.rejected = [(part.where, part.reason, part.content) for part in result.rejected]
+        return out
+
+    def _stage(self, ds: Dataset) -> _Staged:
+        """Write ``ds`` as a Part 10 file next to its place in the store, under a temporary name."""
+        for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
+            if not str(ds.get(keyword, "") or ""):
+                raise InputError(f"converted object lacks {keyword}; this is a converter bug", field=keyword)
+        target = self.store.path_for(ds)
+        if target.parent not in self._dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(target.parent)
+        self._count += 1
+        temp = target.parent / f"{TEMP_PREFIX}{os.getpid()}-{self._count}{_STAGED_SUFFIX}"
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        with open(temp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+        return _Staged(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.PatientID), str(temp), str(target))
+
+
+_WORKER: _ConversionWorker | None = None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make the kernel kill this worker when the ingest process dies (e.g. kill -9): no orphans
+    left writing into the store while a re-run cleans it up."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _init_worker(parent: int, raw_dir: Path, store_root: Path, site: SiteConfig,
+                 converters: Sequence[Converter]) -> None:
+    global _WORKER
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    _WORKER = _ConversionWorker(raw_dir, store_root, site, converters)
+
+
+def _convert_batch(batch: list[tuple[str, str, int]]) -> list[_Converted]:
+    assert _WORKER is not None, "worker not initialised"
+    return [_WORKER.convert(Path(path), digest, conv) for path, digest, conv in batch]
+
+
 class IngestRun:
     """One ingest of a raw export folder into a store."""
 
     def __init__(self, raw_dir: Path, store: Store, site: SiteConfig, converters: Sequence[Converter],
-                 progress: ProgressCallback | None = None) -> None:
+                 progress: ProgressCallback | None = None, *, workers: int | None = None) -> None:
         self.raw_dir = raw_dir
         self.store = store
         self.site = site
-        self.converters = converters
+        self.converters = list(converters)
         self.progress = progress or (lambda *_: None)
+        self.workers = default_workers() if workers is None else max(1, workers)
         self.journal = Journal(store.state_dir / "journal.jsonl")
         self.report = IngestReport(site_id=site.site_id, raw_dir=str(raw_dir), store=str(store.root))
         self.written: list[Path] = []
 
     def run(self) -> IngestReport:
         t0 = time.perf_counter()
-        patients = MappingPatientDirectory(self.site, self.raw_dir)
+        self._remove_leftovers()
         paths = discover_inputs(self.raw_dir)
         inputs = []
         for i, path in enumerate(paths):
@@ -126,21 +294,45 @@ class IngestRun:
         self.progress("detecting formats", len(paths), len(paths))
         t_detect = time.perf_counter()
         inputs.sort(key=lambda x: (x.converter.stage if x.converter else -1, x.rel))
-        replayed = processed = 0
+        todo = [x for x in inputs if x.converter is not None and self.journal.get(x.rel, x.digest) is None
+                and x.digest not in self.journal.digest_owner]
+        pool = None
+        if self.workers > 1 and len(todo) >= _MIN_POOL_INPUTS:
+            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
+                                              else None)
+            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(os.getpid(), self.raw_dir, self.store.root, self.site,
+                                                 self.converters))
+            local = None
+        else:
+            local = _ConversionWorker(self.raw_dir, self.store.root, self.site, self.converters)
+        replayed = processed = done = 0
         seen_digests: dict[str, str] = {}
         patient_ids: set[str] = set()
-        for i, item in enumerate(inputs):
-            self.progress("converting", i, len(inputs))
-            entry = self.journal.get(item.rel, item.digest)
-            if entry is None:
-                entry = self._process(item, patients, seen_digests)
-                self.journal.append(entry)
-                processed += 1
-            else:
-                replayed += 1
-            if entry["outcome"] == OUTCOME_CONVERTED:
-                seen_digests.setdefault(item.digest, item.rel)
-            self._account(entry, patient_ids)
+        try:
+            for _stage, group in groupby(inputs, key=lambda x: x.converter.stage if x.converter else -1):
+                items = list(group)
+                results = self._conversions(items, pool, local)
+                for item in items:
+                    self.progress("converting", done, len(inputs))
+                    done += 1
+                    entry = self.journal.get(item.rel, item.digest)
+                    converted = results.pop(item.rel)
+                    if entry is None:
+                        entry = self._commit(item, converted, seen_digests)
+                        self.journal.append(entry)
+                        processed += 1
+                    else:
+                        if converted is not None:
+                            converted.discard()
+                        replayed += 1
+                    if entry["outcome"] == OUTCOME_CONVERTED:
+                        seen_digests.setdefault(item.digest, item.rel)
+                    self._account(entry, patient_ids)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            self.journal.close()
         self.progress("converting", len(inputs), len(inputs))
         t_convert = time.perf_counter()
         self.report.patients = len(patient_ids)
@@ -149,19 +341,38 @@ class IngestRun:
         self.report.check_invariant()
         return self.report
 
+    # --- conversion scheduling -------------------------------------------------------------------
+    def _conversions(self, items: list[_Input], pool: ProcessPoolExecutor | None,
+                     local: _ConversionWorker | None) -> _LazyResults:
+        """Conversions of the stage's inputs that need one, in input order, computed ahead by the pool."""
+        needed = [x for x in items if x.converter is not None and self.journal.get(x.rel, x.digest) is None
+                  and x.digest not in self.journal.digest_owner]
+        index = {id(c): i for i, c in enumerate(self.converters)}
+        jobs = [(str(x.path), x.digest, index[id(x.converter)]) for x in needed]
+        rels = [x.rel for x in needed]
+        if pool is None:
+            assert local is not None
+            return _LazyResults(rels, ([local.convert(Path(p), d, c)] for p, d, c in jobs))
+        size = max(1, min(_MAX_BATCH, len(jobs) // (self.workers * 8) or 1))
+        batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        return _LazyResults(rels, _pooled(pool, batches, window=self.workers * 4))
+
     # --- one input --------------------------------------------------------------------------------
     def _detect(self, path: Path) -> _Input:
         rel = path.relative_to(self.raw_dir).as_posix()
-        digest = _digest(path)
         try:
-            head = InputHead.read(path)
+            digest, head = _digest_and_head(path)
+        except OSError as exc:
+            return _Input(path, rel, "", None, sniff_error=f"cannot read the file: {exc}")
+        try:
             conv = first_match(self.converters, head, self.site)
             return _Input(path, rel, digest, conv)
         except (OSError, CohortError, ValueError) as exc:
             return _Input(path, rel, digest, None, sniff_error=str(exc))
 
-    def _process(self, item: _Input, patients: MappingPatientDirectory,
-                 seen_digests: dict[str, str]) -> dict[str, Any]:
+    def _commit(self, item: _Input, converted: _Converted | None,
+                seen_digests: dict[str, str]) -> dict[str, Any]:
+        """The input's final outcome, with its objects renamed into place when it is converted."""
         base: dict[str, Any] = {"input": item.rel, "sha256": item.digest,
                                 "format": item.converter.name if item.converter else None}
         if item.converter is None:
@@ -173,36 +384,39 @@ class IngestRun:
         if item.digest in seen_digests or item.digest in self.journal.digest_owner:
             first = seen_digests.get(item.digest) or self.journal.digest_owner[item.digest]
             if first != item.rel:
+                if converted is not None:
+                    converted.discard()
                 return {**base, "outcome": OUTCOME_DUPLICATE, "duplicate_of": first,
                         "reason": "identical content (same SHA-256) already ingested"}
-        ctx = IngestContext(site=self.site, raw_dir=self.raw_dir, patients=patients, store=self.store,
-                            input_digest=item.digest)
-        try:
-            result = item.converter.convert(item.path, ctx)
-        except InputError as exc:
-            return self._quarantine(base, item, str(exc))
-        except Exception as exc:  # a converter bug must not sink the run; keep the input and say so
-            return self._quarantine(base, item, f"converter {item.converter.name} failed unexpectedly: "
-                                                f"{type(exc).__name__}: {exc} (please report this as a bug)")
+        assert converted is not None, f"no conversion scheduled for {item.rel}"
+        if converted.error is not None:
+            return self._quarantine(base, item, converted.error)
         # SOP Instance UIDs claimed by another input mean this input repeats objects already stored.
-        for ds in result.datasets:
-            owner = self.journal.sop_owner.get(str(ds.SOPInstanceUID))
+        for obj in converted.objects:
+            owner = self.journal.sop_owner.get(obj.sop_uid)
             if owner is not None and owner != item.digest:
+                converted.discard()
                 first = self.journal.digest_owner.get(owner, owner)
                 return {**base, "outcome": OUTCOME_DUPLICATE, "duplicate_of": first,
-                        "reason": f"SOP Instance UID {ds.SOPInstanceUID} is already in the store"}
+                        "reason": f"SOP Instance UID {obj.sop_uid} is already in the store"}
         objects = []
-        for ds in result.datasets:
-            path = self.store.write(ds)
-            self.written.append(path)
-            objects.append({"sop_uid": str(ds.SOPInstanceUID), "sop_class": str(ds.SOPClassUID),
-                            "patient_id": str(ds.PatientID)})
+        for obj in converted.objects:
+            target = Path(obj.target)
+            os.replace(obj.temp, target)
+            self.store.sop_paths()[obj.sop_uid] = target
+            self.written.append(target)
+            objects.append({"sop_uid": obj.sop_uid, "sop_class": obj.sop_class, "patient_id": obj.patient_id})
         rejected = []
-        for k, part in enumerate(result.rejected):
-            copy = self._quarantine_copy(item.rel, f"part{k + 1}", part.content,
-                                         f"{part.where}: {part.reason}")
-            rejected.append({"where": part.where, "reason": part.reason, "copy": copy})
+        for k, (where, why, content) in enumerate(converted.rejected):
+            copy = self._quarantine_copy(item.rel, f"part{k + 1}", content, f"{where}: {why}")
+            rejected.append({"where": where, "reason": why, "copy": copy})
         return {**base, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a run that was killed: never committed, so never journaled."""
+        for leftover in self.store.dicom_dir.rglob(f"{TEMP_PREFIX}*"):
+            if leftover.is_file():
+                _unlink(leftover)
 
     def _quarantine(self, base: dict[str, Any], item: _Input, reason: str) -> dict[str, Any]:
         name = item.rel.replace("/", "__")
@@ -242,3 +456,45 @@ class IngestRun:
             r.quarantined += 1
             r.quarantine.append(QuarantinedInput(entry["input"], entry["reason"], entry.get("format"),
                                                  entry["copy"]))
+
+
+def _pooled(pool: ProcessPoolExecutor, batches: list[list[tuple[str, str, int]]],
+            window: int) -> Iterator[list[_Converted]]:
+    """Batch results in submission order, keeping at most ``window`` batches in flight."""
+    pending: deque[Future[list[_Converted]]] = deque()
+    it = iter(batches)
+    try:
+        for batch in it:
+            pending.append(pool.submit(_convert_batch, batch))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:  # interrupted: drop what was staged, it will never be committed
+            if fut.cancel():
+                continue
+            try:
+                for converted in fut.result():
+                    converted.discard()
+            except Exception:  # noqa: BLE001 - a broken pool already failed the run
+                pass
+
+
+class _LazyResults:
+    """Conversion results by input path, pulled from an ordered stream as the commit loop asks."""
+
+    def __init__(self, rels: list[str], stream: Iterator[list[_Converted]]) -> None:
+        self._order = deque(rels)
+        self._pending = set(rels)
+        self._stream = stream
+        self._ready: dict[str, _Converted] = {}
+
+    def pop(self, rel: str) -> _Converted | None:
+        """The conversion of ``rel``, or None when none was scheduled for it."""
+        while rel in self._pending:
+            for converted in next(self._stream):
+                done = self._order.popleft()
+                self._pending.discard(done)
+                self._ready[done] = converted
+        return self._ready.pop(rel, None)

@@ -12,17 +12,47 @@ Semantics (the contract every backend and the oracle implement):
 * ``cohort`` is a patient-level boolean expression over object names (AND / OR / NOT).
 * ``label`` reads a coded or boolean field of a named object; ``subsets`` are patient-level
   expressions evaluated within the cohort; ``CT``, ``ECG``, ``CT+ECG`` always exist.
+
+Details (the oracle in ``tests/oracle.py`` implements exactly these):
+
+* Values. Numbers: a predicate's ``unit`` is converted to the field's unit; without a unit the value
+  is in the field's unit. Coded: a value matches a stored code when it is one of the field's aliases
+  for that code (``LBBB``), the code as ``"VALUE SCHEME"``, the code value, or the code meaning
+  (case-insensitive); ``contains`` looks in the code meaning. Text: ``=``/``!=``/``in`` compare
+  exactly; ``contains`` is a case-insensitive substring test. Booleans: ``true``/``false``. Dates:
+  ISO ``YYYY-MM-DD`` strings, compared as dates. ``!=`` holds when some value differs (an entity
+  without a value for the field satisfies no predicate on it). A field with one value per entity
+  (a DICOM attribute) inside a group is checked on the entity, whichever item the group picks.
+* Entity date: acquisition, content, series, then study date (the first one present).
+* A ``Within`` compares this entity's date (or a value of ``own_date_field``) with the date (or a
+  ``date_field`` value) of a *matched* entity of ``of`` (one satisfying that object's whole
+  condition, its own window included). ``None`` bounds are open; an entity without a date never
+  satisfies a window. Windows must not form cycles.
+* A patient matches an object name when they have at least one matched entity of it.
+* Label: among the patient's matched entities of ``label.object``, positive when some value of the
+  field is in ``positive``, else negative when some value is in ``negative``, else unknown (also when
+  the patient has no matched entity of that object).
+* Standard subsets: ``CT`` = cohort patients with a CT series in the store, ``ECG`` = with an ECG
+  waveform, ``CT+ECG`` = both; a spec's subset of the same name replaces the standard one.
+* Counts without a label put every patient of a subset under ``unknown``.
+* Distributions count distinct patients of the subset (default: the whole cohort, reported as subset
+  ``"cohort"``) over the values of the field on their matched entities of ``object``; a patient
+  counts once per bin or category they have a value in. Histograms: bins ``[edges[i], edges[i+1])``
+  in ``unit`` (default the field's unit), labelled ``f"{low:g}-{high:g}"``, every bin reported, values
+  outside the edges not counted. ``Distribution.field`` is the request's field. Categories: one bin
+  per value present, sorted by label; the label is a coded value's first alias in the catalog (else
+  its code meaning), ``true``/``false`` for booleans, the text for text fields.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Kind = Literal["CT", "MR", "CR", "DX", "ECG", "SR", "SEG"]
 Op = Literal["=", "!=", "<", "<=", ">", ">=", "in", "contains", "exists"]
-Scalar = Union[float, int, str, bool]
+Scalar = float | int | str | bool
 
 
 class _Spec(BaseModel):
@@ -72,7 +102,7 @@ class Not(_Spec):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-Expr = Annotated[Union[str, And, Or, Not], Field(union_mode="left_to_right")]
+Expr = Annotated[str | And | Or | Not, Field(union_mode="left_to_right")]
 
 
 class Label(_Spec):

@@ -78,7 +78,9 @@ def anatomy(patient: SyntheticPatient, geom: CtGeometry) -> Anatomy:
     extent_z = geom.shape[0] * geom.spacing[0]
     half_xy = min(geom.shape[1] * geom.spacing[1], geom.shape[2] * geom.spacing[2]) / 2
     radius = min(patient.ct.annulus_diameter_mm / 2, half_xy * 0.45)
-    center = (cx, cy, cz + extent_z * 0.05)
+    rng = np.random.default_rng(patient.index)
+    jitter = rng.uniform(-1.5, 1.5, size=3)  # patients differ in where the annulus sits in the scan
+    center = (cx + float(jitter[0]), cy + float(jitter[1]), cz + extent_z * 0.05 + float(jitter[2]) * 0.5)
     hinges = tuple(
         (center[0] + radius * math.cos(a), center[1] + radius * math.sin(a), center[2])
         for a in (math.radians(90), math.radians(210), math.radians(330))
@@ -91,7 +93,6 @@ def anatomy(patient: SyntheticPatient, geom: CtGeometry) -> Anatomy:
     v_radius = min(9.0, half_xy * 0.35, extent_z * 0.2)
     lv = (center[0] + half_xy * 0.45, center[1] + half_xy * 0.25, center[2] - extent_z * 0.28)
     rv = (center[0] - half_xy * 0.45, center[1] - half_xy * 0.15, center[2] - extent_z * 0.28)
-    rng = np.random.default_rng(patient.index)
     n_nodules = int(np.clip(patient.ct.calcium_volume_mm3 / 60, 1, 12))
     nodule_r = float(np.clip((patient.ct.calcium_volume_mm3 / n_nodules * 3 / (4 * math.pi)) ** (1 / 3), 1.0, 4.0))
     nodules = []

@@ -235,6 +235,7 @@ class MarkupsConverter(Converter):
     """3D Slicer markups JSON -> TID 1500 Comprehensive 3D SR on the patient's CT."""
 
     name = "slicer-markups"
+    linked_by_name = True
     stage = STAGE_ANNOTATIONS
     description = "3D Slicer markups JSON (landmark points) -> TID 1500 Comprehensive 3D SR"
 

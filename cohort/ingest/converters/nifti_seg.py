@@ -119,6 +119,7 @@ class NiftiSegmentationConverter(Converter):
     """NIfTI-1/2 label maps named by ``segmentation.link_pattern`` -> one binary DICOM SEG."""
 
     name: ClassVar[str] = "nifti-seg"
+    linked_by_name = True
     stage: ClassVar[int] = STAGE_ANNOTATIONS
     description: ClassVar[str] = "NIfTI label maps (segmentations) on a stored CT series"
 

@@ -1,0 +1,62 @@
+"""Which spec requests a site must refuse: identifying fields and row-level data.
+
+The spec language can express such requests on purpose, so that a site sees them, refuses them and
+logs the refusal, instead of the coordinator finding a workaround the language did not foresee.
+"""
+
+from __future__ import annotations
+
+from cohort.spec.errors import SpecPathError
+from cohort.spec.model import CohortSpec
+
+# Fields that identify a patient or a single object. Never counted by category, never used as a
+# label, never filtered on: "patient_id = X" would tell whether one person is in the cohort.
+IDENTIFYING_FIELDS: frozenset[str] = frozenset({
+    "patient_id", "patient_name", "patient_birth_name", "patient_mother_birth_name", "other_patient_ids",
+    "issuer_of_patient_id", "birth_date", "patient_birth_date", "patient_birth_time", "patient_address",
+    "patient_telephone_numbers", "medical_record_locator", "accession_number", "case_id", "pacs_id",
+    "study_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "frame_of_reference_uid",
+    "referring_physician_name", "performing_physician_name", "operators_name", "physicians_of_record",
+    "device_serial_number", "study_uid", "series_uid", "sop_uid", "path",
+})
+
+# Value types whose per-category counts would list individual rows (free text, exact dates).
+ROW_LEVEL_VALUE_TYPES: frozenset[str] = frozenset({"text", "date", "datetime", "uid"})
+
+
+class IdentifyingRequestError(SpecPathError):
+    """The spec asks for identifying fields or row-level data; a site refuses it."""
+
+
+def _identifying(path: str, field: str, use: str) -> IdentifyingRequestError:
+    listed = ", ".join(sorted(IDENTIFYING_FIELDS))
+    return IdentifyingRequestError(
+        path, f"field {field!r} identifies a patient or an object and cannot be {use}; "
+              f"identifying fields (cohort.spec.IDENTIFYING_FIELDS): {listed}")
+
+
+def privacy_violations(spec: CohortSpec) -> list[IdentifyingRequestError]:
+    """Every place where the spec uses an identifying field (empty when the spec is acceptable)."""
+    found: list[IdentifyingRequestError] = []
+    for name, obj in spec.objects.items():
+        for i, pred in enumerate(obj.where):
+            if pred.field in IDENTIFYING_FIELDS:
+                found.append(_identifying(f"objects.{name}.where[{i}].field", pred.field, "filtered on"))
+        if obj.within is not None:
+            for attr in ("date_field", "own_date_field"):
+                value = getattr(obj.within, attr)
+                if value in IDENTIFYING_FIELDS:
+                    found.append(_identifying(f"objects.{name}.within.{attr}", value, "used as a date"))
+    if spec.label is not None and spec.label.field in IDENTIFYING_FIELDS:
+        found.append(_identifying("label.field", spec.label.field, "used as a label"))
+    for i, dist in enumerate(spec.distributions):
+        if dist.field in IDENTIFYING_FIELDS:
+            found.append(_identifying(f"distributions[{i}].field", dist.field, "counted by value"))
+    return found
+
+
+def check_privacy(spec: CohortSpec) -> None:
+    """Raise IdentifyingRequestError for the first identifying request in the spec."""
+    found = privacy_violations(spec)
+    if found:
+        raise found[0]

@@ -1,0 +1,98 @@
+"""The Flower ClientApp: cohort queries, local training and evaluation at one site.
+
+What leaves the site: released counts (after the site's disclosure policy), model weights, and
+metrics with the number of samples. Never identifiers, rows or raw values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from cohort.protocol import (
+    ANSWER_RECORD,
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    KEY_REASON,
+    KEY_RELEASED_JSON,
+    KEY_REQUEST_ID,
+    KEY_REQUESTED_MIN_CELL,
+    KEY_SITE_ID,
+    KEY_SPEC_JSON,
+    KEY_STATUS,
+    KEY_SUBSET,
+    KEY_TRAINING_JSON,
+    METRIC_AUROC,
+    METRIC_BALANCED_ACCURACY,
+    METRIC_LOSS,
+    METRIC_SENSITIVITY,
+    METRIC_SPECIFICITY,
+    METRICS_RECORD,
+    NUM_EXAMPLES,
+    QUERY_ACTION,
+)
+from fl_client.site_runtime import resolve_site_config
+
+
+def build_client_app(consortium: Path | None = None) -> ClientApp:
+    """A ClientApp; ``consortium`` maps simulation partitions to synthetic sites (None: node config)."""
+    app = ClientApp()
+
+    def site_of(context: Context):  # type: ignore[no-untyped-def]
+        return resolve_site_config(dict(context.node_config), dict(context.run_config), consortium)
+
+    @app.query(QUERY_ACTION)
+    def query(msg: Message, context: Context) -> Message:
+        from fl_client.query import answer_query
+
+        site = site_of(context)
+        cfg = msg.content[CONFIG_RECORD]
+        request = {"spec": json.loads(str(cfg[KEY_SPEC_JSON])), "requester": str(cfg.get(KEY_REQUEST_ID, ""))}
+        if KEY_REQUESTED_MIN_CELL in cfg:
+            request["requested_min_cell"] = int(cfg[KEY_REQUESTED_MIN_CELL])  # type: ignore[arg-type]
+        answer = answer_query(site, request)
+        rec = ConfigRecord({KEY_SITE_ID: answer.site_id, KEY_STATUS: answer.status})
+        if answer.released_json is not None:
+            rec[KEY_RELEASED_JSON] = answer.released_json
+        if answer.reason is not None:
+            rec[KEY_REASON] = answer.reason
+        return Message(RecordDict({ANSWER_RECORD: rec}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from fl_client.local import TrainingSettings, fit
+
+        site = site_of(context)
+        cfg = msg.content[CONFIG_RECORD]
+        weights = msg.content[ARRAYS_RECORD].to_numpy_ndarrays()
+        new_weights, stats = fit(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
+                                 TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])), weights)
+        metrics = MetricRecord({NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: float(stats.loss)})
+        return Message(RecordDict({ARRAYS_RECORD: ArrayRecord(numpy_ndarrays=new_weights),
+                                   METRICS_RECORD: metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        from fl_client.local import TrainingSettings, validate
+
+        site = site_of(context)
+        cfg = msg.content[CONFIG_RECORD]
+        stats = validate(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
+                         TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])),
+                         msg.content[ARRAYS_RECORD].to_numpy_ndarrays())
+        values = {NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: stats.loss, METRIC_AUROC: stats.auroc,
+                  METRIC_BALANCED_ACCURACY: stats.balanced_accuracy, METRIC_SENSITIVITY: stats.sensitivity,
+                  METRIC_SPECIFICITY: stats.specificity}
+        # Undefined metrics (e.g. AUROC with one class in the split) are left out, not sent as NaN.
+        clean = {k: float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))}
+        clean[NUM_EXAMPLES] = int(stats.num_samples)
+        return Message(RecordDict({METRICS_RECORD: MetricRecord(clean)}), reply_to=msg)  # type: ignore[arg-type]
+
+    return app
+
+
+app = build_client_app()

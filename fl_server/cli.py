@@ -1,0 +1,96 @@
+"""The ``fl-server`` command line: the one-machine demo and launches on a real deployment."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cohort.errors import CohortError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Coordinator: run the federated cohort negotiation and FedAvg training.")
+console = Console()
+
+
+@app.callback()
+def _group() -> None:
+    """Coordinator commands (a group even while it has few commands)."""
+
+
+def _summary(report_path: Path) -> Table:
+    data = json.loads(report_path.read_text(encoding="utf-8"))
+    subset = data["agreement"]["rule"]["subset"]
+    decisions = {s["site_id"]: s for s in data["agreement"]["sites"]}
+    t = Table(title=f"cohort {data['cohort']!r}: released counts in subset {subset!r}")
+    for col in ("site", "status", "cases", "positive", "negative", "trains", "why"):
+        t.add_column(col)
+
+    def fmt(v: object) -> str:
+        return "suppressed" if v is None else str(v)
+
+    for s in data["sites"]:
+        d = decisions.get(s["site_id"], {})
+        counts = s.get("counts") or {}
+        labels = (counts.get("labels") or {}).get(subset, {})
+        t.add_row(s["site_id"], s["status"], fmt((counts.get("subsets") or {}).get(subset)),
+                  fmt(labels.get("positive")), fmt(labels.get("negative")),
+                  "yes" if d.get("participates") else "no", d.get("reason", ""))
+    return t
+
+
+def _rounds(report_path: Path) -> Table:
+    data = json.loads(report_path.read_text(encoding="utf-8"))
+    t = Table(title="FedAvg rounds (federated evaluation on local validation splits)")
+    for col in ("round", "train loss", "AUROC", "balanced accuracy", "sites"):
+        t.add_column(col)
+    for r in data["rounds"]:
+        agg = r.get("aggregated", {})
+        t.add_row(str(r["round"]), str(r.get("train_loss")), f"{agg.get('auroc', float('nan')):.3f}",
+                  f"{agg.get('balanced-accuracy', float('nan')):.3f}", ", ".join(sorted(r.get("evaluate", {}))))
+    return t
+
+
+@app.command()
+def demo(
+    sites: Annotated[int, typer.Option(min=2, help="synthetic sites")] = 4,
+    patients: Annotated[str, typer.Option(help="patients per site, or a comma list")] = "120",
+    rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds")] = 3,
+    seed: Annotated[int, typer.Option(help="seed of data and training")] = 0,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-out"),
+    overrides: Annotated[str, typer.Option(help="Hydra overrides, e.g. 'agreement.min_cases=10'")] = "",
+) -> None:
+    """Synthesize sites, ingest them, negotiate the cohort and train with FedAvg on the simulation engine."""
+    from cohort.cli.progress import progress_callback
+    from fl_server.demo import run_demo
+
+    counts: int | list[int] = [int(x) for x in patients.split(",")] if "," in patients else int(patients)
+    with progress_callback(True) as cb:
+        result = run_demo(out, sites=sites, patients=counts, rounds=rounds, seed=seed, overrides=overrides,
+                          progress=cb)
+    t = Table(title="ingest per site")
+    for col in ("site", "inputs", "converted", "duplicates", "quarantined", "objects", "patients"):
+        t.add_column(col)
+    for site_id, r in result.ingest_reports.items():
+        t.add_row(site_id, str(r.inputs), str(r.converted), str(r.duplicates), str(r.quarantined),
+                  str(r.objects_written), str(r.patients))
+    console.print(t)
+    if not result.report_json.exists():
+        raise CohortError(f"the federation wrote no report at {result.report_json}; see the log above")
+    console.print(_summary(result.report_json))
+    console.print(_rounds(result.report_json))
+    console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except CohortError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
