@@ -19,7 +19,8 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class ReleasedDistribution:
     field: str
     subset: str
     kind: str
-    bins: list[dict[str, Any]] = field(default_factory=list)
+    bins: list[dict[str, Any]] = dc_field(default_factory=list)
     refused: str | None = None
 
 
@@ -55,8 +56,8 @@ class ReleasedCounts:
     patients: int | None
     subsets: dict[str, int | None]
     labels: dict[str, dict[str, int | None]]
-    distributions: list[ReleasedDistribution] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    distributions: list[ReleasedDistribution] = dc_field(default_factory=list)
+    notes: list[str] = dc_field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,7 +6,8 @@ are plain typed records with a stable JSON form.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
 from typing import Any, Literal
 
 # Subsets every answer contains, whatever the spec names.
@@ -41,7 +42,7 @@ class Distribution:
     field: str
     kind: Literal["histogram", "categories"]
     subset: str
-    bins: list[Bin] = field(default_factory=list)
+    bins: list[Bin] = dc_field(default_factory=list)
     unit: str = ""
 
 
@@ -50,8 +51,8 @@ class CohortCounts:
     """What a cohort query answers: patients matching the spec, per subset and label, distributions."""
 
     patients: int
-    subsets: dict[str, SubsetCounts] = field(default_factory=dict)
-    distributions: list[Distribution] = field(default_factory=list)
+    subsets: dict[str, SubsetCounts] = dc_field(default_factory=dict)
+    distributions: list[Distribution] = dc_field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -68,7 +68,7 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
 
         site = site_of(context)
         cfg = msg.content[CONFIG_RECORD]
-        weights = msg.content[ARRAYS_RECORD].to_numpy_ndarrays()
+        weights = msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
         new_weights, stats = fit(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
                                  TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])), weights)
         metrics = MetricRecord({NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: float(stats.loss)})
@@ -83,7 +83,7 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         cfg = msg.content[CONFIG_RECORD]
         stats = validate(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
                          TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])),
-                         msg.content[ARRAYS_RECORD].to_numpy_ndarrays())
+                         msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays())
         values = {NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: stats.loss, METRIC_AUROC: stats.auroc,
                   METRIC_BALANCED_ACCURACY: stats.balanced_accuracy, METRIC_SENSITIVITY: stats.sensitivity,
                   METRIC_SPECIFICITY: stats.specificity}

@@ -43,7 +43,7 @@ class TrainingSettings:
         return cls(model=data["model"], training=data["training"], seed=int(data.get("seed", 0)))
 
     def model_config(self) -> ModelConfig:
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
         return ModelConfig(n_tabular=len(TABULAR_FEATURES), **kwargs)
 
     def train_config(self) -> TrainConfig:

@@ -24,7 +24,7 @@ def _spec(spec: Path | None, text: str | None) -> CohortSpec:
     return load_spec(spec) if spec is not None else parse_text(str(text))
 
 
-def _fmt(v: int | float | None) -> str:
+def _fmt(v: object) -> str:
     return "" if v is None else str(v)
 
 

@@ -133,7 +133,7 @@ def read_aecg(path: Path) -> EcgRecord:
         if code in ANNOTATION_KEYS and value.get("value") is not None:
             measurements[ANNOTATION_KEYS[code]] = _num(path, value.get("value"), f"annotation[{code}]/value")
         elif code.startswith("MDC_ECG_INTERPRETATION") and (value.text or "").strip():
-            statements.append(value.text.strip())
+            statements.append((value.text or "").strip())
     if {"I", "II"} <= leads.keys():
         leads = derive_limb_leads(leads)
     model = series.findtext(".//v3:manufacturedSeriesDevice/v3:manufacturerModelName", "", NS)

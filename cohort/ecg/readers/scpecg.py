@@ -111,7 +111,8 @@ def _section_at(path: Path, data: bytes, record_len: int, offset: int, expected_
 
 
 def _tags(path: Path, s1: _Section) -> dict[int, bytes]:
-    r, tags = _Reader(path, s1), {}
+    r = _Reader(path, s1)
+    tags: dict[int, bytes] = {}
     while r.remaining() >= 3:
         tag, size = r.take("<BH", "a tag header")
         if tag == 255:

@@ -70,7 +70,7 @@ class AecgConverter(_SourceEcgConverter):
     name: ClassVar[str] = "hl7-aecg"
     stage: ClassVar[int] = STAGE_WAVEFORMS
     description: ClassVar[str] = "HL7 aECG annotated ECG (XML)"
-    reader = staticmethod(read_aecg)
+    reader: ClassVar[Callable[[Path], EcgRecord]] = staticmethod(read_aecg)
     id_field = "trialSubject/id/@extension"
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:
@@ -83,7 +83,7 @@ class MuseConverter(_SourceEcgConverter):
     name: ClassVar[str] = "ge-muse"
     stage: ClassVar[int] = STAGE_WAVEFORMS
     description: ClassVar[str] = "GE MUSE resting ECG (XML)"
-    reader = staticmethod(read_muse)
+    reader: ClassVar[Callable[[Path], EcgRecord]] = staticmethod(read_muse)
     id_field = "PatientDemographics/PatientID"
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:
@@ -97,7 +97,7 @@ class ScpEcgConverter(_SourceEcgConverter):
     name: ClassVar[str] = "scp-ecg"
     stage: ClassVar[int] = STAGE_WAVEFORMS
     description: ClassVar[str] = "SCP-ECG binary (EN 1064)"
-    reader = staticmethod(read_scpecg)
+    reader: ClassVar[Callable[[Path], EcgRecord]] = staticmethod(read_scpecg)
     id_field = "section 1 tag 2"
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:

@@ -27,7 +27,7 @@ from cohort.dicom.seg import build_segmentation
 from cohort.errors import InputError, MissingReferenceError
 from cohort.ingest.base import STAGE_ANNOTATIONS, ConversionResult, Converter, IngestContext, InputHead
 from cohort.ingest.converters.dicom_objects import read_dicom
-from cohort.siteconfig import SegmentationSource, SiteConfig
+from cohort.siteconfig import IdKind, SegmentationSource, SiteConfig
 
 __all__ = ["NiftiSegmentationConverter", "CtGrid", "ct_grid", "nifti_to_grid"]
 
@@ -171,7 +171,7 @@ class NiftiSegmentationConverter(Converter):
                              f"'{cfg.link_pattern}'; rename the file or adjust the pattern in site.yaml",
                              path=str(path), field="segmentation.link_pattern")
         groups = {k: v for k, v in match.groupdict().items() if v}
-        kind = "pacs_id" if "pacs_id" in groups else "case_id" if "case_id" in groups else None
+        kind: IdKind | None = "pacs_id" if "pacs_id" in groups else "case_id" if "case_id" in groups else None
         if kind is None:
             raise InputError(f"segmentation.link_pattern '{cfg.link_pattern}' has no named group "
                              "(?P<pacs_id>...) or (?P<case_id>...); add one in site.yaml", path=str(path),

@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.sr.coding import Code
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from cohort.dicom import codes
 from cohort.dicom.uids import derived_uid
@@ -91,7 +91,7 @@ def build_dataset(export: EcgExport, site_id: str) -> Dataset:
     stamp = export.acquired.strftime("%Y%m%d%H%M%S")
     sop_uid = derived_uid(site_id, export.patient_id, stamp, "ecg-sop")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = TWELVE_LEAD_ECG_STORAGE
+    meta.MediaStorageSOPClassUID = UID(TWELVE_LEAD_ECG_STORAGE)
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
