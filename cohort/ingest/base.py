@@ -8,6 +8,7 @@ turns one input file into DICOM datasets (``convert``). Registration is one line
 from __future__ import annotations
 
 import gzip
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class InputHead:
             try:
                 with gzip.open(path, "rb") as gz:
                     return cls(path, gz.read(HEAD_BYTES), True)
-            except (OSError, EOFError):
+            except (OSError, EOFError, zlib.error):  # damaged gzip: sniff the raw bytes
                 return cls(path, raw, False)
         return cls(path, raw, False)
 

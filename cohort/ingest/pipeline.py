@@ -67,6 +67,17 @@ class _Input:
     converter: Converter | None
     sniff_error: str | None = None
 
+    @property
+    def linked_by_name(self) -> bool:
+        return self.converter is not None and self.converter.linked_by_name
+
+    @property
+    def key(self) -> str:
+        """Identity of the input: its content, plus its file name where the name links the patient."""
+        if self.linked_by_name:
+            return hashlib.sha256(f"{self.path.name}\x00{self.digest}".encode()).hexdigest()
+        return self.digest
+
 
 @dataclass
 class _Staged:
@@ -142,8 +153,8 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: dict[tuple[str, str], dict[str, Any]] = {}
-        self.sop_owner: dict[str, str] = {}  # SOP Instance UID -> input digest that produced it
-        self.digest_owner: dict[str, str] = {}  # input digest -> first input path with it
+        self.sop_owner: dict[str, str] = {}  # SOP Instance UID -> key of the input that produced it
+        self.digest_owner: dict[str, str] = {}  # input key (see _Input.key) -> first input path with it
         self._fh: io.TextIOWrapper | None = None
         if path.exists():
             text = path.read_text(encoding="utf-8")
@@ -161,9 +172,10 @@ class Journal:
     def _remember(self, entry: dict[str, Any]) -> None:
         self.entries[(entry["input"], entry["sha256"])] = entry
         if entry["outcome"] == OUTCOME_CONVERTED:
-            self.digest_owner.setdefault(entry["sha256"], entry["input"])
+            key = entry.get("key", entry["sha256"])
+            self.digest_owner.setdefault(key, entry["input"])
             for obj in entry.get("objects", []):
-                self.sop_owner.setdefault(obj["sop_uid"], entry["sha256"])
+                self.sop_owner.setdefault(obj["sop_uid"], key)
 
     def get(self, rel: str, digest: str) -> dict[str, Any] | None:
         return self.entries.get((rel, digest))
@@ -294,8 +306,7 @@ class IngestRun:
         self.progress("detecting formats", len(paths), len(paths))
         t_detect = time.perf_counter()
         inputs.sort(key=lambda x: (x.converter.stage if x.converter else -1, x.rel))
-        todo = [x for x in inputs if x.converter is not None and self.journal.get(x.rel, x.digest) is None
-                and x.digest not in self.journal.digest_owner]
+        todo = [x for x in inputs if self._needs_conversion(x)]
         pool = None
         if self.workers > 1 and len(todo) >= _MIN_POOL_INPUTS:
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
@@ -327,7 +338,7 @@ class IngestRun:
                             converted.discard()
                         replayed += 1
                     if entry["outcome"] == OUTCOME_CONVERTED:
-                        seen_digests.setdefault(item.digest, item.rel)
+                        seen_digests.setdefault(item.key, item.rel)
                     self._account(entry, patient_ids)
         finally:
             if pool is not None:
@@ -345,10 +356,9 @@ class IngestRun:
     def _conversions(self, items: list[_Input], pool: ProcessPoolExecutor | None,
                      local: _ConversionWorker | None) -> _LazyResults:
         """Conversions of the stage's inputs that need one, in input order, computed ahead by the pool."""
-        needed = [x for x in items if x.converter is not None and self.journal.get(x.rel, x.digest) is None
-                  and x.digest not in self.journal.digest_owner]
+        needed = [x for x in items if self._needs_conversion(x)]
         index = {id(c): i for i, c in enumerate(self.converters)}
-        jobs = [(str(x.path), x.digest, index[id(x.converter)]) for x in needed]
+        jobs = [(str(x.path), x.key, index[id(x.converter)]) for x in needed]
         rels = [x.rel for x in needed]
         if pool is None:
             assert local is not None
@@ -357,6 +367,12 @@ class IngestRun:
         batches = [jobs[i:i + size] for i in range(0, len(jobs), size)]
         return _LazyResults(rels, _pooled(pool, batches, window=self.workers * 4))
 
+    def _needs_conversion(self, item: _Input) -> bool:
+        """Not replayed from the journal and not already known as a copy of a converted input."""
+        if item.converter is None or self.journal.get(item.rel, item.digest) is not None:
+            return False
+        return item.linked_by_name or item.digest not in self.journal.digest_owner
+
     # --- one input --------------------------------------------------------------------------------
     def _detect(self, path: Path) -> _Input:
         rel = path.relative_to(self.raw_dir).as_posix()
@@ -364,11 +380,19 @@ class IngestRun:
             digest, head = _digest_and_head(path)
         except OSError as exc:
             return _Input(path, rel, "", None, sniff_error=f"cannot read the file: {exc}")
+        if not head.data:
+            what = "decompresses to nothing" if head.gzipped else "is empty (0 bytes)"
+            return _Input(path, rel, digest, None, sniff_error=f"the file {what}: there is nothing to convert; "
+                                                               "export it again or remove it from the export folder")
         try:
             conv = first_match(self.converters, head, self.site)
-            return _Input(path, rel, digest, conv)
         except (OSError, CohortError, ValueError) as exc:
             return _Input(path, rel, digest, None, sniff_error=str(exc))
+        if conv is None and head.data[:2] == b"\x1f\x8b" and not head.gzipped:
+            return _Input(path, rel, digest, None, sniff_error=(
+                "the file starts with the gzip signature but does not decompress: it is damaged (e.g. cut off "
+                "while copying); copy or export it again"))
+        return _Input(path, rel, digest, conv)
 
     def _commit(self, item: _Input, converted: _Converted | None,
                 seen_digests: dict[str, str]) -> dict[str, Any]:
@@ -381,7 +405,8 @@ class IngestRun:
                 f"format not recognised from its content (known formats: {names}); if this is an export "
                 "the site uses, check its settings in site.yaml (encodings, column names, link patterns)")
             return self._quarantine(base, item, reason)
-        if item.digest in seen_digests or item.digest in self.journal.digest_owner:
+        # Equal bytes are the same input - unless the file name says which patient it belongs to.
+        if not item.linked_by_name and (item.digest in seen_digests or item.digest in self.journal.digest_owner):
             first = seen_digests.get(item.digest) or self.journal.digest_owner[item.digest]
             if first != item.rel:
                 if converted is not None:
@@ -394,7 +419,7 @@ class IngestRun:
         # SOP Instance UIDs claimed by another input mean this input repeats objects already stored.
         for obj in converted.objects:
             owner = self.journal.sop_owner.get(obj.sop_uid)
-            if owner is not None and owner != item.digest:
+            if owner is not None and owner != item.key:
                 converted.discard()
                 first = self.journal.digest_owner.get(owner, owner)
                 return {**base, "outcome": OUTCOME_DUPLICATE, "duplicate_of": first,
@@ -410,7 +435,8 @@ class IngestRun:
         for k, (where, why, content) in enumerate(converted.rejected):
             copy = self._quarantine_copy(item.rel, f"part{k + 1}", content, f"{where}: {why}")
             rejected.append({"where": where, "reason": why, "copy": copy})
-        return {**base, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
+        extra = {"key": item.key} if item.linked_by_name else {}
+        return {**base, **extra, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
 
     def _remove_leftovers(self) -> None:
         """Temporary files of a run that was killed: never committed, so never journaled."""

@@ -26,6 +26,7 @@ from typing import ClassVar
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     UID,
@@ -124,6 +125,25 @@ def _check_identifiers(ds: Dataset, path: Path) -> None:
                 "all identifiers", path=str(path), field=keyword)
 
 
+def _check_pixel_data(ds: Dataset, path: Path) -> None:
+    """Native (uncompressed) pixel data must be complete: pydicom reads a cut-off file without error."""
+    if "PixelData" not in ds:
+        return
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is not None and UID(str(syntax)).is_compressed:
+        return
+    try:
+        expected = int(get_expected_length(ds, "bytes"))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return  # incomplete image attributes: not this check's business
+    actual = len(ds.PixelData)
+    if actual < expected:
+        raise InputError(f"Pixel Data (7FE0,0010) holds {actual} of the {expected} bytes that Rows, Columns, "
+                         "Bits Allocated and Number of Frames call for: the file is truncated - export it "
+                         "again from the PACS", path=str(path), field="PixelData")
+
+
 def rebuilt_file_meta(ds: Dataset) -> FileMetaDataset:
     """A fresh file meta group: the store, not the exporting PACS, writes the file."""
     old = getattr(ds, "file_meta", None)
@@ -160,6 +180,7 @@ class DicomObjectConverter(Converter):
                              "are converted from their own files - remove it from the export folder",
                              path=str(path), field="SOPClassUID")
         _check_identifiers(ds, path)
+        _check_pixel_data(ds, path)
         if str(ds.SOPClassUID) in ECG_WAVEFORM_SOP_CLASSES:
             raise InputError("ECG waveform objects are converted by the DICOM ECG converter, which did not "
                              "recognise this file; check that it has a valid file meta group",

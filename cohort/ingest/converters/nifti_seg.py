@@ -184,8 +184,9 @@ class NiftiSegmentationConverter(Converter):
         candidates = ctx.store.series_of(patient.patient_id, "CT")
         if not candidates:
             raise MissingReferenceError(
-                f"no CT series of patient {patient.patient_id} in the store; ingest the patient's CT "
-                "(PACS export) together with or before its segmentation", path=str(path), field="CT series")
+                f"no CT series of patient {patient.pacs_id} (pseudonym {patient.patient_id}) in the store; "
+                "ingest the patient's CT (PACS export) together with or before its segmentation",
+                path=str(path), field="CT series")
         tried = []
         for series in candidates:
             datasets = [read_dicom(f, stop_before_pixels=True) for f in series.files]
