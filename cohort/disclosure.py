@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cohort.errors import DisclosureError
+from cohort.index.plan import ALL_SUBSET
 from cohort.results import LABEL_KEYS, CohortCounts
 from cohort.siteconfig import DisclosurePolicy
 from cohort.spec.privacy import IDENTIFYING_FIELDS
@@ -83,7 +84,7 @@ def _normal(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-_IDENTIFYING_NORMAL = frozenset(_normal(f) for f in IDENTIFYING_FIELDS | {"sop_uid", "study_uid", "series_uid"})
+_IDENTIFYING_NORMAL = frozenset(_normal(f) for f in IDENTIFYING_FIELDS)
 
 
 def check_fields(fields: list[str], policy: DisclosurePolicy) -> None:
@@ -105,7 +106,9 @@ class _Releaser:
             return SUPPRESSED
         value = float(n)
         if self.policy.noise_scale > 0:
-            value = max(0.0, value + float(self.rng.laplace(0.0, self.policy.noise_scale)))
+            # Noise never takes a released cell below the minimum: the coordinator reads every released
+            # value as ">= min cell", and a noisy 0 would look like an unsuppressed empty cell.
+            value = max(float(self.min_cell), value + float(self.rng.laplace(0.0, self.policy.noise_scale)))
         r = self.policy.rounding
         return int(math.ceil(value / r) * r) if r > 1 else int(round(value))
 
@@ -128,6 +131,7 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
     check_fields((spec_fields or []) + dist_fields, policy)
     min_cell, note = effective_min_cell(policy, requested_min_cell)
     rel = _Releaser(policy, min_cell, seed)
+    patients = rel.cell(counts.patients)
     subsets: dict[str, int | None] = {}
     labels: dict[str, dict[str, int | None]] = {}
     for name, sc in counts.subsets.items():
@@ -144,14 +148,16 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
                           f"{policy.histogram_bin_cap} bins per distribution")
         else:
             # Bins partition the subset only for single-valued fields; secondary suppression is applied
-            # whenever the subset total is released, which is safe in both cases.
-            total_released = subsets.get(d.subset, SUPPRESSED) is not SUPPRESSED
+            # whenever the subset total is released, which is safe in both cases. The whole cohort's
+            # total is the released patient count.
+            total = subsets.get(d.subset, patients if d.subset == ALL_SUBSET else SUPPRESSED)
+            total_released = total is not SUPPRESSED
             cells = rel.group([b.count for b in d.bins], total_released)
             rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
                        for b, c in zip(d.bins, cells, strict=True)]
         dists.append(rd)
     return ReleasedCounts(min_cell_size=min_cell, rounding=policy.rounding, noise=policy.noise_scale > 0,
-                          patients=rel.cell(counts.patients), subsets=subsets, labels=labels,
+                          patients=patients, subsets=subsets, labels=labels,
                           distributions=dists, notes=[note] if note else [])
 
 

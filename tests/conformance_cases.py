@@ -12,7 +12,8 @@ P04  CT 3.0 mm "Thorax nativ" only
 P05  ECG waveform 500 Hz 10 s only; procedures pacemaker no
 P06  ECG report QRS 120 + LBBB dated 200 days before TAVI; procedures pacemaker yes
 P07  registry only: balloon-expandable, diabetes yes, NYHA III, LVEF 35 %
-P08  free-text report; CT 2021-05-01; SEG calcification MANUAL
+P08  free-text report; CT 2021-05-01; one SEG: calcification MANUAL (no algorithm name) and calcification
+     SEMIAUTOMATIC (named): "exists false" in a group is about the whole SEG
 P09  landmarks: (hinge, NCC) and (LM ostium, LCC)
 P10  landmarks: (hinge, LCC)
 P11  MR series; ECG report QRS 140, statement "Sinus rhythm", no findings
@@ -187,7 +188,7 @@ def build_objects() -> list[Extracted]:
         procedures("P06", "2021-01-20", tavi="2021-01-17", pacemaker=YES, days=3),
         registry("P07", "2021-04-01", prosthesis=BALLOON, diabetes=YES, nyha=NYHA3, lvef=35),
         free_text("P08", "2021-05-02", "Befund: Linksschenkelblock, QRS breit"),
-        ct("P08", "2021-05-01", 0.5), seg("P08", "2021-05-01", [("Calcium", CALC, "MANUAL")]),
+        ct("P08", "2021-05-01", 0.5), seg("P08", "2021-05-01", [("Calcium", CALC, "MANUAL"), ("Calcium", CALC, "SEMIAUTOMATIC")]),
         landmarks("P09", "2021-05-03", [(HINGE, NCC), (LM_OSTIUM, LCC)]),
         landmarks("P10", "2021-05-04", [(HINGE, LCC)]),
         ct("P11", "2021-06-01", 1.5, "Cardiac MR", modality="MR"),
@@ -299,6 +300,15 @@ CASES: list[Case] = [
     Case("seg_attribute_inside_group",
          _one("s", {"kind": "SEG", "where": [_p("segment_count", ">=", 2, group="a"),
                                              _p("segment_type", "=", "LV", group="a")]}), patients=1),
+    Case("absent_in_group_is_entity_level",  # P08's SEG has a named segment, so only P02's unnamed RV SEG
+         _one("s", {"kind": "SEG", "where": [_p("algorithm_type", "=", "MANUAL", group="a"),
+                                             _p("algorithm_name", "exists", False, group="a")]}), patients=1),
+    Case("absent_ungrouped",
+         _one("s", {"kind": "SEG", "where": [_p("algorithm_type", "=", "MANUAL"),
+                                             _p("algorithm_name", "exists", False)]}), patients=1),
+    Case("present_in_group",
+         _one("s", {"kind": "SEG", "where": [_p("algorithm_type", "=", "MANUAL", group="a"),
+                                             _p("algorithm_name", "exists", True, group="a")]}), patients=0),
     Case("landmark_group_trap",
          _one("l", _sr("landmarks", _p("landmark_finding", "=", "hinge_point", group="g"),
                        _p("landmark_site", "=", "LCC", group="g"))), patients=1),

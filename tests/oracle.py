@@ -85,17 +85,17 @@ class Entity:
 
 BUILTINS: dict[str, FieldDef] = {f.name: f for f in (
     FieldDef("date", "date"), FieldDef("modality", "text"), FieldDef("sop_class_uid", "text"),
-    FieldDef("n_instances", "numeric", "1"), FieldDef("series_description", "text"),
+    FieldDef("n_instances", "numeric", "{count}"), FieldDef("series_description", "text"),
     FieldDef("study_description", "text"), FieldDef("manufacturer", "text"),
     FieldDef("manufacturer_model", "text"), FieldDef("body_part", "text"),
     FieldDef("slice_thickness", "numeric", "mm"), FieldDef("kvp", "numeric", "kV"),
-    FieldDef("pixel_spacing", "numeric", "mm"), FieldDef("rows", "numeric", "1"),
-    FieldDef("columns", "numeric", "1"), FieldDef("convolution_kernel", "text"),
+    FieldDef("pixel_spacing", "numeric", "mm"), FieldDef("rows", "numeric", "{count}"),
+    FieldDef("columns", "numeric", "{count}"), FieldDef("convolution_kernel", "text"),
     FieldDef("contrast_agent", "text"), FieldDef("sampling_frequency", "numeric", "Hz"),
-    FieldDef("lead_count", "numeric", "1"), FieldDef("duration_s", "numeric", "s"), FieldDef("lead", "text"),
-    FieldDef("segment_count", "numeric", "1"), FieldDef("segmentation_type", "text"),
+    FieldDef("lead_count", "numeric", "{count}"), FieldDef("duration_s", "numeric", "s"), FieldDef("lead", "text"),
+    FieldDef("segment_count", "numeric", "{count}"), FieldDef("segmentation_type", "text"),
     FieldDef("completion_flag", "text"), FieldDef("verification_flag", "text"),
-    FieldDef("segment_number", "numeric", "1"), FieldDef("segment_label", "text"),
+    FieldDef("segment_number", "numeric"), FieldDef("segment_label", "text"),
     FieldDef("segment_category", "coded"), FieldDef("segment_type", "coded", None, tuple(SEG_TYPE_ALIASES.items())),
     FieldDef("algorithm_type", "text"), FieldDef("algorithm_name", "text"), FieldDef("anatomic_region", "coded"),
 )}
@@ -384,7 +384,7 @@ class Oracle:
         if p.op == "exists":
             return list(vals)
         if p.op == "in":
-            targets = p.value if isinstance(p.value, list) else [p.value]
+            targets = p.value if isinstance(p.value, list) else [p.value] if p.value is not None else []
             return [v for v in vals if any(self._value_matches(f, v, "=", t, p.unit) for t in targets)]
         return [v for v in vals if self._value_matches(f, v, p.op, p.value, p.unit)]  # type: ignore[arg-type]
 
@@ -394,6 +394,11 @@ class Oracle:
             return False
         groups: dict[str, list[list[Value]]] = defaultdict(list)
         for p in where:
+            if p.op == "exists" and p.value is False:
+                # "has no value": about the whole entity, so never tied to a group's item.
+                if ent.values.get(p.field):
+                    return False
+                continue
             hits = self._pred_values(self.field_def(p.field, template), p, ent.values.get(p.field, []))
             if not hits:
                 return False
@@ -402,9 +407,9 @@ class Oracle:
         for hit_lists in groups.values():
             items: set[str] | None = None  # None: any item (only entity-level values so far)
             for hits in hit_lists:
-                keys = {v.item for v in hits}
-                if None in keys:
+                if any(v.item is None for v in hits):
                     continue  # an entity-level value holds for every item
+                keys = {v.item for v in hits if v.item is not None}
                 items = keys if items is None else items & keys
             if items is not None and not items:
                 return False

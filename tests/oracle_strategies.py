@@ -32,7 +32,7 @@ from cohort.spec.validate import FieldFacts, fields_for, load_catalog, validate_
 _RANGES: dict[str, tuple[float, float]] = {
     "ms": (40, 600), "s": (0, 20), "mm": (0, 40), "deg": (-90, 180), "/min": (30, 150), "a": (50, 95),
     "cm": (140, 200), "kg": (40, 130), "%": (10, 80), "d": (0, 60), "kV": (70, 140), "Hz": (200, 1000),
-    "1": (0, 100), "mm3": (0, 2000),
+    "1": (0, 1), "{count}": (0, 100), "mm3": (0, 2000),
 }
 _OPS = {"number": ("=", "!=", "<", "<=", ">", ">=", "in", "exists"),
         "date": ("<", "<=", ">", ">=", "exists"),
@@ -66,8 +66,9 @@ def _value(facts: FieldFacts, samples: Sequence[Any]) -> st.SearchStrategy[Any]:
 def _predicate(draw: st.DrawFn, facts: FieldFacts, samples: Sequence[Any], group: str | None) -> Predicate:
     op = draw(st.sampled_from(facts.operators and [o for o in _OPS[facts.value_type] if o in facts.operators]
                               or _OPS[facts.value_type]))
-    if op == "exists":
-        return Predicate(field=facts.name, op="exists", group=group)
+    if op == "exists":  # none / true: has a value; false: has none (checked on the whole entity)
+        return Predicate(field=facts.name, op="exists", value=draw(st.sampled_from([None, True, False])),
+                         group=group)
     if op == "in":
         values = draw(st.lists(_value(facts, samples), min_size=1, max_size=3, unique=True))
         return Predicate(field=facts.name, op="in", value=values, group=group)
@@ -134,8 +135,10 @@ def random_spec_strategy(draw: st.DrawFn, catalog: Mapping[str, Any], samples: M
         if f.value_type == "bool":
             label = Label(object=o, field=f.name, positive=[True], negative=[False])
         else:
-            vals = draw(st.lists(_value(f, samples.get(f.name, ())), min_size=2, max_size=2, unique=True))
-            label = Label(object=o, field=f.name, positive=[vals[0]], negative=[vals[1]])
+            values = _value(f, samples.get(f.name, ()))
+            pos = draw(values)  # the store may hold a single value of the field: "other" stands in
+            neg = draw(st.one_of(values, st.just("other")).filter(lambda v: v != pos))
+            label = Label(object=o, field=f.name, positive=[pos], negative=[neg])
     subsets = draw(st.dictionaries(st.sampled_from(["s1", "s2", "CT"]), _expr(names), max_size=2))
     dists: list[DistributionRequest] = []
     dist_fields = [(o, f) for o in names for f in available[o] if f.value_type in ("number", "code", "bool")]
@@ -169,7 +172,7 @@ def _any_predicate(draw: st.DrawFn) -> Predicate:
     group = draw(st.sampled_from([None, None, "g1", "g2", "lv", "with space"]))
     op = draw(st.sampled_from(["=", "!=", "<", "<=", ">", ">=", "in", "contains", "exists"]))
     if op == "exists":
-        return Predicate(field=field, op="exists", group=group)
+        return Predicate(field=field, op="exists", value=draw(st.sampled_from([None, True, False])), group=group)
     numeric = draw(st.booleans())
     if op == "in":
         value: Any = draw(st.lists(_NUMBER if numeric else _SCALAR, min_size=1, max_size=3))

@@ -34,8 +34,8 @@ from cohort.index.compile_duck import evaluate, matching_entities
 from cohort.index.duck import DuckIndex, reindex, unindexed_items
 from cohort.index.extract import extract_dataset, extract_file
 from cohort.index.templates import load_templates
-from cohort.index.units import convert
 from cohort.spec.model import CohortSpec
+from cohort.spec.units import convert
 from tests.helpers import make_context
 
 PATIENT = PatientRef("PIDX0001", "PACS-1")

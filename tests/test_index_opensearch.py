@@ -77,6 +77,18 @@ def test_exists_false_text_contains_and_not() -> None:
                                                      "score_mode": "none"}}
 
 
+def test_exists_false_in_a_group_is_checked_on_the_entity() -> None:
+    plan = _plan({"o": {"kind": "SEG", "where": [
+        {"field": "algorithm_type", "op": "=", "value": "MANUAL", "group": "a"},
+        {"field": "algorithm_name", "op": "exists", "value": False, "group": "a"}]}})
+    filters = object_query(plan.objects["o"])["nested"]["query"]["bool"]["filter"]
+    absent = {"bool": {"must_not": [{"nested": {"path": VAL, "query": {"term": {f"{VAL}.field": "algorithm_name"}},
+                                                "score_mode": "none"}}]}}
+    assert filters[1] == absent  # on the entity's values, not inside the group
+    group = filters[2]["nested"]
+    assert group["path"] == GRP and len(group["query"]["bool"]["filter"]) == 1
+
+
 def test_value_query_operators() -> None:
     cat = field_catalog()
     from cohort.index.plan import Cond

@@ -46,7 +46,17 @@ FIXED = [
     "s := SEG[segment_type = LV, segment_type = RV]; cohort s",
     "c := CT[n_instances = 3]; cohort c",
     "e := SR:ecg_report within -30..0 days of t; t := SR:procedures; cohort e",
+    "e := SR:ecg_report[ecg_finding exists false]; cohort e",
+    "e := SR:ecg_report[ecg_finding exists true, qrs_duration exists]; cohort e",
+    "e := SR:ecg_report[{qrs_duration >= 120, ecg_finding exists false}]; cohort e",
 ]
+
+
+def test_exists_false_is_about_the_whole_entity(pair) -> None:
+    index, oracle = pair
+    # "both" has a 140 ms QRS and findings in another container of the same report: not absent.
+    spec = parse_text("e := SR:ecg_report[{qrs_duration >= 120, ecg_finding exists false}]; cohort e")
+    assert evaluate(index, spec).patients == oracle.evaluate(spec).patients == 1
 
 
 @pytest.mark.parametrize("text", FIXED)

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cohort.errors import SpecError
-from cohort.index.compile_duck import POSITIVE
-from cohort.index.compile_duck import _materialized as materialized
+from cohort.index.compile_duck import POSITIVE, materialized
 from cohort.index.duck import DuckIndex
 from cohort.index.plan import ALL_SUBSET
 from cohort.index.schema import IMAGE_KINDS

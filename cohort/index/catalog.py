@@ -20,6 +20,7 @@ from typing import Literal
 from cohort.dicom import codes
 from cohort.errors import ConfigError, SpecError
 from cohort.index.templates import ValueType, code_key, load_templates
+from cohort.spec.privacy import IDENTIFYING_FIELDS
 
 Source = Literal["entity", "attribute", "item", "segment"]
 IMAGE_KINDS: tuple[str, ...] = ("CT", "MR", "CR", "DX")
@@ -89,7 +90,7 @@ BUILTIN_FIELDS: tuple[FieldInfo, ...] = (
     _f("date", "date", "entity", ALL_KINDS, "date of the entity: acquisition, series, study or content date"),
     _f("modality", "text", "entity", ALL_KINDS, "DICOM Modality of the entity"),
     _f("sop_class_uid", "text", "entity", ALL_KINDS, "SOP Class UID of the entity's instances"),
-    _f("n_instances", "numeric", "entity", ALL_KINDS, "number of instances (slices) of the entity", "1"),
+    _f("n_instances", "numeric", "entity", ALL_KINDS, "number of instances (slices) of the entity", "{count}"),
     _f("series_description", "text", "attribute", ALL_KINDS, "Series Description"),
     _f("study_description", "text", "attribute", ALL_KINDS, "Study Description"),
     _f("manufacturer", "text", "attribute", ALL_KINDS, "Manufacturer of the equipment"),
@@ -98,19 +99,19 @@ BUILTIN_FIELDS: tuple[FieldInfo, ...] = (
     _f("slice_thickness", "numeric", "attribute", ("CT", "MR"), "Slice Thickness", "mm"),
     _f("kvp", "numeric", "attribute", ("CT", "CR", "DX"), "peak kilovoltage (KVP)", "kV"),
     _f("pixel_spacing", "numeric", "attribute", IMAGE_KINDS, "in-plane pixel spacing (row spacing)", "mm"),
-    _f("rows", "numeric", "attribute", IMAGE_KINDS, "image rows", "1"),
-    _f("columns", "numeric", "attribute", IMAGE_KINDS, "image columns", "1"),
+    _f("rows", "numeric", "attribute", IMAGE_KINDS, "image rows", "{count}"),
+    _f("columns", "numeric", "attribute", IMAGE_KINDS, "image columns", "{count}"),
     _f("convolution_kernel", "text", "attribute", ("CT",), "reconstruction kernel"),
     _f("contrast_agent", "text", "attribute", ("CT", "MR"), "Contrast/Bolus Agent"),
     _f("sampling_frequency", "numeric", "attribute", ("ECG",), "waveform sampling frequency", "Hz"),
-    _f("lead_count", "numeric", "attribute", ("ECG",), "channels in the first multiplex group", "1"),
+    _f("lead_count", "numeric", "attribute", ("ECG",), "channels in the first multiplex group", "{count}"),
     _f("duration_s", "numeric", "attribute", ("ECG",), "waveform duration", "s"),
     _f("lead", "text", "attribute", ("ECG",), "lead (channel) labels, one value per channel"),
-    _f("segment_count", "numeric", "attribute", ("SEG",), "number of segments in the SEG", "1"),
+    _f("segment_count", "numeric", "attribute", ("SEG",), "number of segments in the SEG", "{count}"),
     _f("segmentation_type", "text", "attribute", ("SEG",), "BINARY, FRACTIONAL or LABELMAP"),
     _f("completion_flag", "text", "attribute", ("SR",), "SR Completion Flag (PARTIAL / COMPLETE)"),
     _f("verification_flag", "text", "attribute", ("SR",), "SR Verification Flag"),
-    _f("segment_number", "numeric", "segment", ("SEG",), "segment number", "1"),
+    _f("segment_number", "numeric", "segment", ("SEG",), "segment number (an identifier: no unit)"),
     _f("segment_label", "text", "segment", ("SEG",), "segment label as written by the creator"),
     _f("segment_category", "coded", "segment", ("SEG",), "segmented property category"),
     _f("segment_type", "coded", "segment", ("SEG",), "segmented property type (what was segmented)",
@@ -119,8 +120,9 @@ BUILTIN_FIELDS: tuple[FieldInfo, ...] = (
     _f("algorithm_name", "text", "segment", ("SEG",), "segmentation algorithm name"),
     _f("anatomic_region", "coded", "segment", ("SEG",), "anatomic region of the segment"),
 )
-IDENTIFYING_NAMES = frozenset({"patient_id", "patient_name", "birth_date", "sop_uid", "series_uid",
-                               "study_uid", "path"})
+# One list of identifying names for the whole project (the spec's privacy rules own it): a template
+# config may not define a field of that name, and a spec naming one gets "identifies patients".
+IDENTIFYING_NAMES = IDENTIFYING_FIELDS
 
 
 def field_catalog(extra_dirs: Iterable[str | Path] = ()) -> dict[str, FieldInfo]:

@@ -37,6 +37,7 @@ from cohort.index.plan import (
     ObjectPlan,
     Plan,
     build_plan,
+    expr_names,
 )
 from cohort.index.schema import IMAGE_KINDS
 from cohort.results import Bin, CohortCounts, Distribution, SubsetCounts
@@ -131,12 +132,8 @@ def _cond_filter(c: Cond) -> str:
 
 def _group_filter(g: CondGroup) -> str:
     union = " UNION ALL ".join(f"SELECT {k} AS k, * FROM ({values_sql(c.field)})" for k, c in enumerate(g.conds))
-    having = []
-    for k, c in enumerate(g.conds):
-        if c.op == "exists" and not c.present:
-            having.append(f"NOT bool_or(v.k = {k})")
-        else:
-            having.append(f"bool_or(v.k = {k} AND {cond_sql(c)})")
+    # Groups hold positive conditions only: the plan checks "exists: false" on the entity.
+    having = [f"bool_or(v.k = {k} AND {cond_sql(c)})" for k, c in enumerate(g.conds)]
     return (f"e.entity_id IN (SELECT v.entity_id FROM ({union}) v GROUP BY v.entity_id, v.grp "
             f"HAVING {' AND '.join(having)})")
 
@@ -165,7 +162,11 @@ def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: st
     """
     plan = build_plan(spec, index.catalog if index is not None else None)
     p = prefix
-    steps: list[tuple[str, str]] = [(f"{p}all_patients", "SELECT DISTINCT patient_id FROM entities")]
+    exprs = [plan.cohort, *plan.subsets.values()]
+    referenced = {n for e in exprs for n in expr_names(e)}
+    steps: list[tuple[str, str]] = []
+    if any(_has_not(e) for e in exprs):  # only NOT needs "every patient"; it is a scan of all entities
+        steps.append((f"{p}all_patients", "SELECT DISTINCT patient_id FROM entities"))
     rels: dict[str, str] = {}
     obj_rels: dict[str, str] = {}
     for i, obj in enumerate(plan.objects.values()):
@@ -173,7 +174,7 @@ def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: st
         obj_rels[obj.name] = f"{p}m_{i}"
         rels[obj.name] = f"{p}p_{i}"
     for kind in KIND_SETS:
-        if kind not in rels:
+        if kind not in rels and kind in referenced:
             steps.append((f"{p}kind_{kind}", f"SELECT DISTINCT patient_id FROM entities WHERE kind = {lit(kind)}"))
             rels[kind] = f"{p}kind_{kind}"
     cohort = f"{p}cohort"
@@ -230,6 +231,16 @@ def _object_steps(p: str, i: int, obj: ObjectPlan, obj_rels: dict[str, str]) -> 
     return steps
 
 
+def _has_not(expr: Expr) -> bool:
+    if isinstance(expr, Not):
+        return True
+    if isinstance(expr, And):
+        return any(_has_not(e) for e in expr.all)
+    if isinstance(expr, Or):
+        return any(_has_not(e) for e in expr.any)
+    return False
+
+
 def _expr_sql(expr: Expr, rels: dict[str, str], everyone: str) -> str:
     if isinstance(expr, str):
         return f"SELECT patient_id FROM {rels[expr]}"
@@ -242,8 +253,13 @@ def _expr_sql(expr: Expr, rels: dict[str, str], everyone: str) -> str:
 
 
 @contextmanager
-def _materialized(index: DuckIndex, spec: CohortSpec) -> Iterator[CompiledQuery]:
-    """Compile with a unique prefix and run every step into a temporary table; drops them after."""
+def materialized(index: DuckIndex, spec: CohortSpec) -> Iterator[CompiledQuery]:
+    """Compile ``spec`` with a unique prefix and run every step into a temporary table.
+
+    Inside the ``with`` block the query's relations (``objects``, ``subsets``, ``label``,
+    ``cohort``) are tables on ``index.con`` that callers may read (export, dashboard); they are
+    dropped when the block ends, also on errors. Several evaluations can share one connection.
+    """
     query = compile_spec(spec, index, prefix=f"_q{uuid.uuid4().hex[:10]}_")
     created = []
     try:
@@ -258,7 +274,7 @@ def _materialized(index: DuckIndex, spec: CohortSpec) -> Iterator[CompiledQuery]
 
 def evaluate(index: DuckIndex, spec: CohortSpec) -> CohortCounts:
     """Exact counts of distinct patients for ``spec``: cohort, subsets by label, distributions."""
-    with _materialized(index, spec) as query:
+    with materialized(index, spec) as query:
         con = index.con
         counts: dict[str, SubsetCounts] = {}
         for name, rel in query.subsets.items():
@@ -267,9 +283,10 @@ def evaluate(index: DuckIndex, spec: CohortSpec) -> CohortCounts:
                     f"SELECT count(*), count(*) FILTER (WHERE l.v = {POSITIVE}), "
                     f"count(*) FILTER (WHERE l.v = {NEGATIVE}) FROM {rel} s "
                     f"LEFT JOIN {query.label} l ON l.patient_id = s.patient_id").fetchone()
+                assert row is not None  # an aggregate without GROUP BY returns one row
                 total, pos, neg = (int(x) for x in row)
             else:
-                total, pos, neg = int(con.execute(f"SELECT count(*) FROM {rel}").fetchone()[0]), 0, 0
+                total, pos, neg = int(index.scalar(f"SELECT count(*) FROM {rel}")), 0, 0
             counts[name] = SubsetCounts(total, pos, neg, total - pos - neg)
         dists = [_distribution(index, query, d) for d in query.plan.distributions]
     # The whole cohort is ``patients``; its label split is not a subset of the result (the contract's
@@ -287,8 +304,8 @@ def _distribution(index: DuckIndex, query: CompiledQuery, d: DistributionPlan) -
     if d.bins is not None:
         shown = d.bin_edges_shown or d.bins
         for k, (lo, hi) in enumerate(zip(d.bins, d.bins[1:], strict=False)):
-            n = index.con.execute(f"SELECT count(DISTINCT patient_id) FROM ({rows_sql}) "
-                                  f"WHERE num >= {lit(lo)} AND num < {lit(hi)}").fetchone()[0]
+            n = index.scalar(f"SELECT count(DISTINCT patient_id) FROM ({rows_sql}) "
+                             f"WHERE num >= {lit(lo)} AND num < {lit(hi)}")
             bins.append(Bin(f"{shown[k]:g}-{shown[k + 1]:g}", int(n), shown[k], shown[k + 1]))
     else:
         bins = [Bin(label, count) for label, count in sorted(_categories(index, fi, rows_sql).items())]
@@ -326,7 +343,7 @@ def matching_entities(index: DuckIndex, spec: CohortSpec) -> dict[str, dict[str,
     """For every cohort patient: object name -> UIDs of its matched entities (series UID for image
     kinds, SOP Instance UID otherwise), sorted. The export step builds on this."""
     out: dict[str, dict[str, list[str]]] = {}
-    with _materialized(index, spec) as query:
+    with materialized(index, spec) as query:
         for name, rel in query.objects.items():
             rows = index.con.execute(
                 f"SELECT DISTINCT m.patient_id, CASE WHEN e.kind IN ({', '.join(lit(k) for k in IMAGE_KINDS)}) "

@@ -143,10 +143,10 @@ class DuckIndex:
 
         ``workers`` > 1 reads files in that many processes (reading DICOM is the slow part).
         """
-        paths = [Path(p) for p in paths]
+        files = [Path(p) for p in paths]
         report = AddReport()
         known = dict(self.con.execute("SELECT path, mtime FROM ingested").fetchall())
-        changed = [p for p in paths if str(p) in known and known[str(p)] != p.stat().st_mtime]
+        changed = [p for p in files if str(p) in known and known[str(p)] != p.stat().st_mtime]
         if changed:
             self.remove(changed)
             for p in changed:
@@ -157,8 +157,8 @@ class DuckIndex:
         next_id = self._next_id()
         batch = _Batch()
         increments: dict[int, int] = {}
-        todo = [p for p in paths if str(p) not in known]
-        report.unchanged = len(paths) - len(todo)
+        todo = [p for p in files if str(p) not in known]
+        report.unchanged = len(files) - len(todo)
         done = report.unchanged
         for path, ex, error in _extract_many(todo, self.template_dirs, workers):
             key = str(path)
@@ -184,10 +184,10 @@ class DuckIndex:
                 self._flush(batch, increments)
                 increments = {}
             if progress is not None:
-                progress(done, len(paths))
+                progress(done, len(files))
         self._flush(batch, increments)
         if progress is not None and not todo:
-            progress(len(paths), len(paths))
+            progress(len(files), len(files))
         return report
 
     def add_extracted(self, objects: Iterable[tuple[Extracted, str]]) -> list[int]:
@@ -204,7 +204,14 @@ class DuckIndex:
         return ids
 
     def _next_id(self) -> int:
-        return int(self.con.execute("SELECT coalesce(max(entity_id), 0) + 1 FROM entities").fetchone()[0])
+        return int(self.scalar("SELECT coalesce(max(entity_id), 0) + 1 FROM entities"))
+
+    def scalar(self, sql: str, params: Sequence[object] = ()) -> Any:
+        """The first column of the one row ``sql`` returns (aggregates always return a row)."""
+        row = self.con.execute(sql, list(params)).fetchone()
+        if row is None:
+            raise RuntimeError(f"query returned no row: {sql}")
+        return row[0]
 
     def _flush(self, batch: _Batch, increments: dict[int, int]) -> None:
         self.con.execute("BEGIN")
@@ -275,30 +282,30 @@ class DuckIndex:
 
     def count_entities(self, kind: str | None = None, template: str | None = None) -> int:
         """Entities, optionally of one kind and SR template."""
-        sql, params = "SELECT count(*) FROM entities WHERE 1=1", []
+        sql, params = "SELECT count(*) FROM entities WHERE 1=1", list[str]()
         if kind:
             sql, params = sql + " AND kind = ?", [*params, kind]
         if template:
             sql, params = sql + " AND template = ?", [*params, template]
-        return int(self.con.execute(sql, params).fetchone()[0])
+        return int(self.scalar(sql, params))
 
     def count_patients(self, kind: str | None = None) -> int:
         """Distinct patients, optionally only those with an entity of ``kind``."""
         sql = "SELECT count(DISTINCT patient_id) FROM entities" + (" WHERE kind = ?" if kind else "")
-        return int(self.con.execute(sql, [kind] if kind else []).fetchone()[0])
+        return int(self.scalar(sql, [kind] if kind else []))
 
     def count_items(self, field: str | None = None) -> int:
         """Indexed SR items, optionally of one field."""
         sql = "SELECT count(*) FROM items" + (" WHERE field = ?" if field else "")
-        return int(self.con.execute(sql, [field] if field else []).fetchone()[0])
+        return int(self.scalar(sql, [field] if field else []))
 
     def count_segments(self) -> int:
         """Indexed SEG segments."""
-        return int(self.con.execute("SELECT count(*) FROM segments").fetchone()[0])
+        return int(self.scalar("SELECT count(*) FROM segments"))
 
     def count_files(self) -> int:
         """Indexed files."""
-        return int(self.con.execute("SELECT count(*) FROM ingested").fetchone()[0])
+        return int(self.scalar("SELECT count(*) FROM ingested"))
 
     def files_of(self, uids: Iterable[str]) -> dict[str, list[Path]]:
         """Files of entities named by their uid (series UID for image kinds, SOP Instance UID otherwise)."""

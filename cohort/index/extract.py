@@ -17,7 +17,6 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from cohort.dicom import codes
-from cohort.index import units
 from cohort.index.schema import IMAGE_KINDS
 from cohort.index.templates import (
     SR_VALUE_TYPES,
@@ -26,6 +25,7 @@ from cohort.index.templates import (
     code_key,
     template_for_title,
 )
+from cohort.spec import units
 
 SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
 ECG_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.9.1."  # 12-lead, general and ambulatory ECG

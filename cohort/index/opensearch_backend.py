@@ -182,11 +182,8 @@ def cond_query(c: Cond) -> Query:
 
 def group_query(g: CondGroup) -> Query:
     """Every predicate of the group holds on values of one group (SR container / SEG segment)."""
-    parts = []
-    for c in g.conds:
-        q = _nested(GVAL, value_query(c, GVAL))
-        parts.append(_none(q) if c.op == "exists" and not c.present else q)
-    return _nested(GRP, _filter(*parts))
+    # Groups hold positive conditions only: the plan checks "exists: false" on the entity.
+    return _nested(GRP, _filter(*(_nested(GVAL, value_query(c, GVAL)) for c in g.conds)))
 
 
 def entity_filter(obj: ObjectPlan, entity_ids: list[int] | None = None) -> list[Query]:
@@ -281,7 +278,7 @@ class OpenSearchBackend:
 
     def object_queries(self, plan: Plan) -> dict[str, Query]:
         """Each object's patient query; windows are resolved to entity ids first (in plan order)."""
-        matched: dict[str, list[tuple[int, date]]] = {}
+        matched: dict[str, list[tuple[str, int, date]]] = {}  # windowed objects: (patient, entity, date)
         queries: dict[str, Query] = {}
         for name, obj in plan.objects.items():
             ids = None

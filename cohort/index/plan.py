@@ -10,7 +10,8 @@ Value semantics (the spec model's docstring has the rest):
 * text ``=``, ``!=``, ``in`` compare exactly; ``contains`` is a case-insensitive substring;
 * a coded value is a configured alias (``LBBB``), ``"CODE SCHEME"``, a bare code value, or a code
   meaning (case-insensitive); coded ``contains`` searches the code meaning;
-* ``exists`` with value ``False`` means the entity has no value of the field;
+* ``exists`` with value ``False`` means the entity has no value of the field at all (also inside a
+  group: it is checked on the entity, not on the group's item);
 * ``!=`` on a multi-valued field holds when *some* value differs (use ``not`` for "none equals");
 * a field with one value per entity (attribute, entity column) inside a group is checked on the
   entity, whichever item the group picks.
@@ -25,8 +26,8 @@ from datetime import date
 from typing import Any
 
 from cohort.errors import SpecError
-from cohort.index import units
 from cohort.index.catalog import FieldInfo, field_catalog, resolve_field, template_keys
+from cohort.spec import units
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or, Predicate
 
 STANDARD_SUBSETS: dict[str, Expr] = {"CT": "CT", "ECG": "ECG", "CT+ECG": And(all=["CT", "ECG"])}
@@ -143,8 +144,10 @@ def build_plan(spec: CohortSpec, catalog: dict[str, FieldInfo] | None = None) ->
         for i, pred in enumerate(obj.where):
             fi = resolve_field(pred.field, obj.kind, obj.template, catalog, where=f"{where}.where[{i}].field")
             cond = resolve_predicate(pred, fi, where=f"{where}.where[{i}]")
-            if pred.group is None or not fi.groupable:
-                conds.append(cond)  # one value per entity: it holds for every item of a group
+            if pred.group is None or not fi.groupable or not cond.present:
+                # One value per entity, or "the entity has no value" (exists: false): either holds
+                # for every item of a group, so it is checked on the entity.
+                conds.append(cond)
             else:
                 grouped.setdefault(pred.group, []).append(cond)
         groups = []
@@ -176,7 +179,7 @@ def resolve_predicate(pred: Predicate, fi: FieldInfo, *, where: str) -> Cond:
     if pred.unit and fi.value_type != "numeric":
         raise SpecError(f"{where}.unit: field {fi.name!r} is {fi.value_type}, units apply to numbers only")
     if pred.op == "exists":
-        if pred.value not in (None, True, False):
+        if not (pred.value is None or isinstance(pred.value, bool)):
             raise SpecError(f"{where}.value: 'exists' takes no value, or true / false")
         return Cond(fi, "exists", (), pred.value is not False)
     if pred.op == "in":

@@ -22,7 +22,7 @@ from typing import Literal, get_args
 import yaml
 
 from cohort.errors import ConfigError
-from cohort.index import units
+from cohort.spec import units
 
 ValueType = Literal["numeric", "coded", "text", "date", "boolean", "geometric"]
 VALUE_TYPES: tuple[str, ...] = get_args(ValueType)

@@ -154,9 +154,25 @@ def parse_spec(data: Mapping[str, Any], *, catalog: Mapping[str, Any] | None = N
     return spec
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that double-quotes strings holding YAML 1.1 line breaks other than ``\\n``.
+
+    With ``allow_unicode`` PyYAML writes NEL, LS and PS raw inside single quotes, and reading
+    folds them into spaces; double quotes escape them (``\\N``), so they survive a round trip.
+    """
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(c in value for c in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def spec_to_yaml(spec: CohortSpec) -> str:
     """The YAML text of ``spec`` (defaults left out); ``parse_spec(yaml.safe_load(text)) == spec``."""
-    return yaml.safe_dump(spec.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(spec.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def _compose(path: Path, overrides: Sequence[str], search_paths: Sequence[Path]) -> dict[str, Any]:

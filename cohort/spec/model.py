@@ -23,6 +23,10 @@ Details (the oracle in ``tests/oracle.py`` implements exactly these):
   ISO ``YYYY-MM-DD`` strings, compared as dates. ``!=`` holds when some value differs (an entity
   without a value for the field satisfies no predicate on it). A field with one value per entity
   (a DICOM attribute) inside a group is checked on the entity, whichever item the group picks.
+* ``exists``: without a value, or with ``true``, the entity has some value of the field; with
+  ``false``, the entity has *no* value of the field at all. ``exists: false`` is about the whole
+  entity, so inside a group it is checked on the entity too (not on the group's item). To ask for
+  patients without any such entity, use ``not`` at the patient level instead.
 * Entity date: acquisition, content, series, then study date (the first one present).
 * A ``Within`` compares this entity's date (or a value of ``own_date_field``) with the date (or a
   ``date_field`` value) of a *matched* entity of ``of`` (one satisfying that object's whole
@@ -64,7 +68,7 @@ class Predicate(_Spec):
 
     field: str
     op: Op
-    value: Scalar | list[Scalar] | None = None
+    value: Scalar | list[Scalar] | None = None  # ``exists``: none or true (has a value), false (has none)
     unit: str | None = None
     group: str | None = None  # predicates sharing a group hold on the same item of the entity
 

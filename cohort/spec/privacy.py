@@ -17,7 +17,7 @@ IDENTIFYING_FIELDS: frozenset[str] = frozenset({
     "patient_telephone_numbers", "medical_record_locator", "accession_number", "case_id", "pacs_id",
     "study_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "frame_of_reference_uid",
     "referring_physician_name", "performing_physician_name", "operators_name", "physicians_of_record",
-    "device_serial_number", "study_uid", "series_uid", "sop_uid", "path",
+    "device_serial_number", "study_uid", "series_uid", "sop_uid", "path", "entity_id",
 })
 
 # Value types whose per-category counts would list individual rows (free text, exact dates).

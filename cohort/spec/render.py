@@ -67,9 +67,9 @@ def _unit(unit: str | None) -> str:
 def _predicate(p: Predicate) -> str:
     f = _field(p.field)
     if p.op == "exists":
-        if p.value is not None or p.unit is not None:
-            raise SpecError(f"{p.field}: 'exists' with a value cannot be written as text")
-        return f"{f} exists"
+        if not (p.value is None or isinstance(p.value, bool)) or p.unit is not None:
+            raise SpecError(f"{p.field}: 'exists' takes no value, or true / false")
+        return f"{f} exists" + ("" if p.value is None else " true" if p.value else " false")
     if p.op == "in":
         if not isinstance(p.value, list) or not p.value:
             raise SpecError(f"{p.field}: 'in' needs a non-empty list to be written as text")

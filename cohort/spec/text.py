@@ -9,7 +9,7 @@ Grammar (docs/spec.md has it with examples)::
     object    := KIND [":" TEMPLATE] ["[" [item ("," item)*] "]"] [window]
     item      := predicate | "{" predicate ("," predicate)* "}" ["as" name]
     predicate := field (("=" | "!=" | "<" | "<=" | ">" | ">=") value [unit]
-               | "in" "(" value ("," value)* ")" [unit] | "contains" value | "exists")
+               | "in" "(" value ("," value)* ")" [unit] | "contains" value | "exists" ["true" | "false"])
     window    := ("within" NUMBER ("day" | "days") ("before" | "after" | "of") dateref
                | "within" [NUMBER] ".." [NUMBER] ("day" | "days") "of" dateref
                | "before" dateref | "after" dateref) ["by" field]
@@ -298,7 +298,12 @@ class _Parser:
             self.positions[f"{path}.value"] = self.peek().pos
             value = self.value()
         elif self.accept_word("exists"):
-            pass
+            exists: bool | None = None
+            if self.accept_word("true"):
+                exists = True
+            elif self.accept_word("false"):
+                exists = False
+            return Predicate(field=field, op="exists", value=exists, group=group)
         else:
             shown = op_tok.text if op_tok.kind != "eof" else ""
             guess = closest(shown, (*COMPARE_OPS, *WORD_OPS)) if shown else None

@@ -1,7 +1,15 @@
-"""Unit conversion for numeric predicates: a value given in one unit is compared in the field's unit.
+"""Units of numbers, the one table: a value given in one unit is compared in the field's unit.
 
 Units are UCUM codes as written in SR NUM items (``ms``, ``mm``, ``mm3``, ``[hnsf'U]``), plus a few
-spellings people type (``msec``, ``ml``, ``bpm``). Only units of the same dimension convert.
+spellings people type or exports write (``msec``, ``ml``, ``bpm``). Only units of the same dimension
+convert. The index stores numbers in their field's unit (the one its template config or the catalog
+declares), so a query converts its value once instead of converting every stored row; the spec
+validator, the index (``cohort.index``) and the test oracle all use this module.
+
+Dimensionless numbers: UCUM ``1`` is the unity, a plain fraction (0.35), and ``%`` is ``1/100``
+of it, so ``lvef >= 0.35 1`` and ``lvef >= 35 %`` are the same question. Counts (instances, rows,
+leads, segments) are a dimension of their own, ``{count}`` (a UCUM annotation), so that a count
+is never silently compared with a fraction or a percentage.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ _UNITS: dict[str, tuple[str, float]] = {
     "deg": ("angle", 1.0), "rad": ("angle", 57.29577951308232),
     "/min": ("rate", 1.0), "{beats}/min": ("rate", 1.0), "/s": ("rate", 60.0),
     "Hz": ("frequency", 1.0), "kHz": ("frequency", 1e3),
-    "%": ("ratio", 1.0), "1": ("count", 1.0), "{count}": ("count", 1.0),
+    "1": ("dimensionless", 1.0), "%": ("dimensionless", 0.01),
+    "{count}": ("count", 1.0),
     "uV": ("voltage", 1e-6), "mV": ("voltage", 1e-3), "V": ("voltage", 1.0), "kV": ("voltage", 1e3),
     "[hnsf'U]": ("hounsfield", 1.0), "kg/m2": ("bmi", 1.0),
     "mg/dL": ("concentration", 1.0), "umol/L": ("molar_concentration", 1.0),
@@ -31,6 +40,7 @@ _ALIASES: dict[str, str] = {
     "years": "a", "µm": "um", "ml": "mL", "l": "L", "degree": "deg", "degrees": "deg", "°": "deg",
     "bpm": "/min", "1/min": "/min", "percent": "%", "HU": "[hnsf'U]",
     "µV": "uV", "cm^2": "cm2", "mm^2": "mm2", "mm^3": "mm3", "cm^3": "cm3",
+    "count": "{count}", "{counts}": "{count}", "n": "{count}",
 }
 
 
@@ -58,20 +68,26 @@ def compatible(unit: str, other: str) -> bool:
     return dim is not None and dim == dimension(other)
 
 
-def convert(value: float, from_unit: str, to_unit: str, *, path: str = "") -> float:
-    """``value`` in ``from_unit`` expressed in ``to_unit``; SpecPathError when they do not convert."""
+def convert(value: float, from_unit: str, to_unit: str, *, path: str = "", field: str = "") -> float:
+    """``value`` in ``from_unit`` expressed in ``to_unit``; SpecPathError when they do not convert.
+
+    ``path`` (where in the spec) and ``field`` (whose unit ``to_unit`` is) only make messages clearer.
+    The result is rounded to 12 significant digits, so 0.12 s is 120 ms exactly (not
+    119.99999999999999): a stored value and a spec value converted the same way compare equal.
+    """
+    of = f" (field {field!r})" if field else ""
     src, dst = canonical_unit(from_unit), canonical_unit(to_unit)
     if src is None:
         guess = closest(from_unit, known_units())
-        hint = f"; did you mean {guess!r}?" if guess else ""
-        raise SpecPathError(path, f"unknown unit {from_unit!r}{hint}")
+        hint = f"; did you mean {guess!r}?" if guess else f"; known units: {', '.join(_UNITS)}"
+        raise SpecPathError(path, f"unknown unit {from_unit!r}{of}{hint}")
     if dst is None:
-        raise SpecPathError(path, f"unknown unit {to_unit!r}")
+        raise SpecPathError(path, f"unknown unit {to_unit!r}{of}")
     if src == dst:
-        return value
+        return float(value)
     (dim_src, f_src), (dim_dst, f_dst) = _UNITS[src], _UNITS[dst]
     if dim_src != dim_dst:
         same = sorted(u for u, (d, _) in _UNITS.items() if d == dim_dst)
-        raise SpecPathError(path, f"unit {from_unit!r} ({dim_src}) cannot be converted to {to_unit!r} "
-                                  f"({dim_dst}); use one of {', '.join(same)}")
-    return value * f_src / f_dst
+        raise SpecPathError(path, f"unit {from_unit!r} ({dim_src}) is not compatible with {to_unit!r} "
+                                  f"({dim_dst}){of}; use one of {', '.join(same)}")
+    return float(f"{float(value) * f_src / f_dst:.12g}")

@@ -207,10 +207,11 @@ class _Validator:
             raise SpecPathError(path, f"{field!r} is a {facts.value_type} field, not a date")
 
     def _predicate(self, pred: Predicate, path: str, kind: str, template: str | None) -> None:
-        values = pred.value if isinstance(pred.value, list) else [pred.value]
+        values: list[Scalar | None] = list(pred.value) if isinstance(pred.value, list) else [pred.value]
         if pred.op == "exists":
-            if pred.value is not None or pred.unit is not None:
-                raise SpecPathError(f"{path}.value", "'exists' takes no value")
+            if not (pred.value is None or isinstance(pred.value, bool)) or pred.unit is not None:
+                raise SpecPathError(f"{path}.value", "'exists' takes no value, or true (has a value) / "
+                                                     "false (has no value)")
         elif pred.op == "in":
             if not isinstance(pred.value, list) or not pred.value:
                 raise SpecPathError(f"{path}.value", "'in' needs a non-empty list of values")
