@@ -15,6 +15,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 def _register() -> None:
     from cohort.cli import data_cmds  # noqa: F401  (registers synth, ingest, validate)
     from cohort.cli import engine_cmds  # noqa: F401  (registers query, export, reindex, fields)
+    from cohort.cli import serve_cmd  # noqa: F401  (registers serve)
     from cohort.cli import opensearch_cmds  # noqa: F401  (registers opensearch-sync, opensearch-query)
 
 

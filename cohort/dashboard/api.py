@@ -6,11 +6,15 @@ with a readable message (the server turns it into a JSON error, the page shows i
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,12 @@ from typing import Any
 import pydantic
 import yaml
 
-from cohort.dashboard.charts import KIND_TITLES, ChartDef, compute_charts, discover_charts, install_chart_tables
+from cohort.dashboard.charts import KIND_TITLES, ChartIndex
 from cohort.dashboard.state import Action, DashboardState, apply_action, spec_to_state, state_to_spec
 from cohort.errors import CohortError
 from cohort.index.compile_duck import compile_spec, evaluate
 from cohort.index.duck import INDEX_FILE, DuckIndex
+from cohort.results import CohortCounts
 from cohort.spec.load import load_spec, parse_spec, spec_to_yaml
 from cohort.spec.model import CohortSpec, Label
 from cohort.spec.render import spec_to_text
@@ -51,6 +56,22 @@ def _parse_model(model: type[pydantic.BaseModel], data: Any, what: str) -> Any:
         raise ApiError(f"invalid {what}: {where}: {first['msg']}") from None
 
 
+CACHE_SIZE = 64
+
+
+class _ServingIndex(DuckIndex):
+    """A read-only index whose catalog is read once (template configs cannot change while serving)."""
+
+    @functools.cached_property
+    def catalog(self) -> dict[str, Any]:  # type: ignore[override]
+        return super().catalog
+
+
+def _trim(cache: OrderedDict[str, Any]) -> None:
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 class Dashboard:
     """One store's dashboard: a read-only index connection, its catalog and chart definitions.
 
@@ -67,23 +88,40 @@ class Dashboard:
         self.lock = threading.Lock()
         self.index: DuckIndex | None = None
         self.present: list[tuple[str, str | None]] = []
-        self.charts: list[ChartDef] = []
+        self.chart_index: ChartIndex | None = None
         self.patients = 0
+        # Results per spec (counts) and per cohort (charts): the index is read-only while serving.
+        self._counts: OrderedDict[str, CohortCounts] = OrderedDict()
+        self._charts_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         if (self.store / INDEX_FILE).is_file():
-            self.index = DuckIndex(self.store / INDEX_FILE, read_only=True)
+            self.index = _ServingIndex(self.store / INDEX_FILE, read_only=True)
             self.catalog = self.index.catalog
             con = self.index.con
             self.present = [(k, t) for k, t in con.execute(
                 "SELECT DISTINCT kind, template FROM entities ORDER BY kind, template NULLS FIRST").fetchall()]
-            self.patients = int(con.execute("SELECT count(DISTINCT patient_id) FROM entities").fetchone()[0])
-            self.charts = discover_charts(con, self.catalog)
-            install_chart_tables(con, self.charts)
+            row = con.execute("SELECT count(DISTINCT patient_id) FROM entities").fetchone()
+            self.patients = int(row[0]) if row else 0
+            if self.present:  # charts run on a connection of their own, next to evaluate() on the index's
+                self.chart_index = ChartIndex.build(con.cursor(), self.catalog)
         else:
             from cohort.index.catalog import field_catalog
 
             self.catalog = field_catalog()
 
+    @property
+    def charts(self) -> list[Any]:
+        """The store's chart definitions (empty without an index)."""
+        return self.chart_index.charts if self.chart_index is not None else []
+
+    def clear_cache(self) -> None:
+        """Forget cached counts and charts (benchmarks measure uncached updates)."""
+        self._counts.clear()
+        self._charts_cache.clear()
+
     def close(self) -> None:
+        """Close the index connections."""
+        if self.chart_index is not None:
+            self.chart_index.con.close()
         if self.index is not None:
             self.index.close()
 
@@ -161,37 +199,57 @@ class Dashboard:
         except CohortError as err:
             raise ApiError(str(err)) from None
         t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+
+        def timed(name: str, fn: Any, *args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                timings[name] = round((time.perf_counter() - start) * 1000, 1)
+
         with self.lock:
             try:
-                counts = evaluate(index, spec)
-                charts = self._charts(index, spec, state)
+                # Counts and charts on two connections at once: DuckDB runs them side by side.
+                with ThreadPoolExecutor(max_workers=1) as pool:
+                    charts_job = pool.submit(timed, "charts_ms", self._charts, index, spec, state)
+                    counts = timed("counts_ms", self._evaluate, index, spec)
+                    charts = charts_job.result()
             except CohortError as err:
                 raise ApiError(str(err)) from None
         elapsed = (time.perf_counter() - t0) * 1000
         # The state is given back as the spec reads: what was pruned is gone from the page too.
         return {"state": spec_to_state(spec).model_dump(mode="json"),
                 "spec": spec.to_dict(), "yaml": spec_to_yaml(spec), "text": spec_to_text(spec),
-                "counts": counts.to_json(), "notices": notices, "elapsed_ms": round(elapsed, 1), **charts}
+                "counts": counts.to_json(), "notices": notices, "elapsed_ms": round(elapsed, 1),
+                "timings": timings, **charts}
+
+    def _evaluate(self, index: DuckIndex, spec: CohortSpec) -> CohortCounts:
+        key = json.dumps(spec.to_dict(), sort_keys=True)
+        if key not in self._counts:
+            self._counts[key] = evaluate(index, spec)
+            _trim(self._counts)
+        self._counts.move_to_end(key)
+        return self._counts[key]
 
     def _charts(self, index: DuckIndex, spec: CohortSpec, state: DashboardState) -> dict[str, Any]:
-        """Chart bars for the cohort of ``spec`` (compiled and materialized under a unique prefix)."""
-        prefix = f"_dash{uuid.uuid4().hex[:8]}_"
-        query = compile_spec(spec, index, prefix=prefix)
-        con = index.con
-        created: list[str] = []
-        try:
-            for name, body in query.steps:
-                con.execute(f"CREATE TEMP TABLE {name} AS {body}")
-                created.append(name)
-            matched: dict[tuple[str, str], str] = {}
-            for group in state.groups:
-                key = (group.kind, group.template or "")
-                if not group.negated and key not in matched and group.id in query.objects:
-                    matched[key] = query.objects[group.id]
-            return compute_charts(con, self.charts, self.catalog, query.cohort, matched, f"{prefix}scope")
-        finally:
-            for name in reversed(created):
-                con.execute(f"DROP TABLE IF EXISTS {name}")
+        """Chart bars for the cohort of ``spec``; charts do not depend on label, subsets or name."""
+        assert self.chart_index is not None
+        matched_groups: dict[tuple[str, str], str] = {}
+        for group in state.groups:
+            key = (group.kind, group.template or "")
+            if not group.negated and key not in matched_groups:
+                matched_groups[key] = group.id
+        cohort_part = spec.model_copy(update={"name": "cohort", "description": "", "label": None, "subsets": {},
+                                              "distributions": []})
+        cache_key = json.dumps([cohort_part.to_dict(), sorted(matched_groups.items())], sort_keys=True)
+        if cache_key not in self._charts_cache:
+            query = compile_spec(cohort_part, index, prefix=f"_dash{uuid.uuid4().hex[:8]}_")
+            matched = {k: query.objects[name] for k, name in matched_groups.items() if name in query.objects}
+            self._charts_cache[cache_key] = self.chart_index.compute(query, matched, self.catalog)
+            _trim(self._charts_cache)
+        self._charts_cache.move_to_end(cache_key)
+        return self._charts_cache[cache_key]
 
     # --- loading specs --------------------------------------------------------------------------------
     def load_source(self, source: str) -> dict[str, Any]:

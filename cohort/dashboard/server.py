@@ -54,8 +54,8 @@ class DashboardServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        host = host.decode() if isinstance(host, bytes) else host
-        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+        name = host.decode() if isinstance(host, bytes | bytearray) else str(host)
+        return f"http://{'[' + name + ']' if ':' in name else name}:{port}/"
 
 
 def make_server(dashboard: Dashboard, host: str = "127.0.0.1", port: int = 8080, *,
@@ -139,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._run(lambda: self._json(200, routes[path]()))
             else:
                 self._error(404, f"no API endpoint {path}")
+            return
+        if path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon")
             return
         self._static(path)
 

@@ -21,7 +21,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cohort.errors import SpecError
 from cohort.spec.load import parse_spec
-from cohort.spec.model import CohortSpec, DistributionRequest, Kind, Label, ObjectCondition, Op, Scalar, Within
+from cohort.spec.model import (
+    CohortSpec,
+    DistributionRequest,
+    Kind,
+    Label,
+    ObjectCondition,
+    Op,
+    Scalar,
+    Within,
+)
 from cohort.spec.validate import RESERVED_NAMES
 
 BASE_PREFIX = "any_"  # objects of the "every patient" cohort used when no filter is set
@@ -128,7 +137,7 @@ def spec_to_state(spec: CohortSpec) -> DashboardState:
                                 filters=[Filter(field=p.field, op=p.op, value=p.value, unit=p.unit, item=p.group)
                                          for p in obj.where]))
             objects.pop(name)
-        elif _is_base_term(term, objects):
+        elif len(terms) == 1 and _is_base_term(term, objects):  # the "every patient" cohort itself
             for n in _names(term):
                 objects.pop(n, None)
         else:
@@ -166,16 +175,16 @@ def state_to_spec(state: DashboardState, present: Sequence[tuple[str, str | None
         if group.id in objects:
             raise SpecError(f"two groups are named {group.id!r}; rename one")
         objects[group.id] = _object_dict(group)
-    for name, obj in state.objects.items():
+    for name, other in state.objects.items():
         if name in objects:
             raise SpecError(f"object {name!r} is both a group and another object; rename one")
-        objects[name] = obj.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-    for name, obj in objects.items():
-        within = obj.get("within")
+        objects[name] = other.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+    for name, raw_obj in objects.items():
+        within = raw_obj.get("within")
         if within and within["of"] not in objects:
             notices.append(f"dropped the time window of {name!r}: it referred to the removed object "
                            f"{within['of']!r}")
-            obj.pop("within")
+            raw_obj.pop("within")
     terms = [_group_term(g) for g in state.groups]
     for term in state.terms:
         missing = [n for n in _names(term) if n not in objects]
@@ -276,6 +285,7 @@ def apply_action(state: DashboardState, action: Action) -> DashboardState:
     * ``add``: filters go into the first non-negated group of the same kind and template (so that
       clicked conditions hold on the same instance), or into a new group; a new range on a field
       that already has one in that group replaces it (brushing again refines, it does not stack).
+      Without filters it only makes sure such a group exists ("has an object of this kind").
     * ``split``: the filter moves into a new group of its own (then it may hold on another entity).
     * ``negate``: a filter alone in its group negates the group; otherwise it is split off first and
       its new group negated ("the patient has no such entity").
@@ -285,8 +295,8 @@ def apply_action(state: DashboardState, action: Action) -> DashboardState:
     new = state.model_copy(deep=True)
     t = action.type
     if t == "add":
-        if action.kind is None or not action.filters:
-            raise SpecError("'add' needs the object kind and at least one filter")
+        if action.kind is None:
+            raise SpecError("'add' needs the object kind (and filters; none adds 'has an object of that kind')")
         group = next((g for g in new.groups if g.kind == action.kind and g.template == action.template
                       and not g.negated), None)
         if group is None:
