@@ -87,6 +87,41 @@ def demo(
     console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png")
 
 
+@app.command()
+def launch(
+    cohort: Annotated[str, typer.Option(help="configs/cohort/<name>.yaml or its name")],
+    connection: Annotated[str, typer.Option(
+        help="SuperLink address HOST:PORT, or a connection name in $FLWR_HOME/config.toml")],
+    overrides: Annotated[str, typer.Option(
+        help="Hydra overrides, e.g. 'agreement.min_cases=10 federation.rounds=1'")] = "",
+    out: Annotated[Path | None, typer.Option(
+        help="report folder on the SuperLink's host (default: ./fl-out/<cohort>)")] = None,
+    expected_sites: Annotated[int, typer.Option(
+        min=0, help="wait for this many connected sites before negotiating (0: whoever is connected)")] = 0,
+    wait_s: Annotated[float, typer.Option(min=0, help="how long to wait for the expected sites")] = 60.0,
+    root_certificates: Annotated[Path | None, typer.Option(
+        help="consortium CA (PEM) for an address connection; TLS is on by default")] = None,
+    insecure: Annotated[bool, typer.Option(help="no TLS (local demos only; address connections)")] = False,
+) -> None:
+    """Run the federation on a Flower deployment: flwr run with this project's app and the run config."""
+    from fl_server.launch import LaunchError, LaunchSettings
+    from fl_server.launch import launch as do_launch
+
+    settings = LaunchSettings(cohort=cohort, connection=connection, overrides=overrides, out_dir=out,
+                              expected_sites=expected_sites, wait_s=wait_s,
+                              root_certificates=root_certificates, insecure=insecure)
+    result = do_launch(settings, echo=lambda line: print(line, flush=True))
+    if not result.ok:
+        raise LaunchError(f"run {result.run_id or '(not started)'} ended with status {result.status!r} "
+                          f"(flwr exit code {result.returncode}); see the log above and the SuperLink's log")
+    console.print(f"run {result.run_id}: {result.status}")
+    if result.report_json.exists():  # visible here when the SuperLink runs on this host
+        console.print(_summary(result.report_json))
+        console.print(_rounds(result.report_json))
+    console.print(f"reports (on the SuperLink's host): {result.out_dir}/report.json, report.html, "
+                  "label_balance.png, metrics.png, final_model.npz")
+
+
 def main() -> None:
     """Console entry point."""
     try:

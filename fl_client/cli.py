@@ -1,0 +1,187 @@
+"""The ``fl-client`` command line: run a site's Flower SuperNode next to its store.
+
+``fl-client start`` checks that the site is ready (config valid, store ingested and indexed), then
+replaces itself with ``flower-supernode`` (exec, so the container's signals reach the SuperNode) with
+the node config ``site-config='<absolute path of site.yaml>'`` that the ClientApp reads. The SuperNode
+connects *out* to the coordinator's SuperLink; the site opens no inbound port (the SuperNode's
+runtime API, which its own ClientApp processes call, listens on 127.0.0.1 only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cohort.errors import CohortError, ConfigError
+from cohort.siteconfig import SiteConfig, load_site_config
+from fl_client.site_runtime import NODE_SITE_CONFIG
+
+INDEX_FILE = "index.duckdb"  # cohort.index.duck.INDEX_FILE, not imported to keep startup light
+SUPERNODE = "flower-supernode"
+DEFAULT_RUNTIME_PORT = 9094  # Flower's default for the SuperNode's local runtime API
+
+# Flower settings for a site: never `uv sync` app dependencies at run time (the image pins them), no
+# update checks, no telemetry. Set only where the operator has not chosen otherwise.
+FLOWER_ENV_DEFAULTS = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+}
+
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Site: run the federated client (a Flower SuperNode) next to the site store.")
+
+
+@app.callback()
+def _group() -> None:
+    """Site commands (a group even while it has one command)."""
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML string that Flower's ``key=value`` parser accepts (no quote of its kind inside)."""
+    if "'" not in value and "\n" not in value:
+        return f"'{value}'"
+    if '"' not in value and "\\" not in value and "\n" not in value:
+        return f'"{value}"'
+    raise ConfigError(f"{value!r} contains both kinds of quotes (or a newline); Flower's node config cannot "
+                      "carry it: rename the path")
+
+
+def check_address(address: str, what: str = "--superlink") -> str:
+    """``HOST:PORT`` (IPv4, IPv6 in brackets, or a name), without a URL prefix."""
+    m = _ADDRESS.match(address)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ConfigError(f"{what} {address!r} is not HOST:PORT (e.g. superlink.example.org:9093, "
+                          "127.0.0.1:9093, [::1]:9093; no https:// prefix)")
+    return address
+
+
+def check_site_ready(site_config: Path) -> SiteConfig:
+    """The site's config, once its store and index exist; otherwise a ConfigError saying what to run."""
+    site = load_site_config(site_config)
+    store = site.store_path()
+    how = f"cohort ingest RAW_DIR --store {store} --site-config {site_config}"
+    if not store.is_dir():
+        raise ConfigError(f"site {site.site_id!r}: store {store} does not exist (set 'store' in {site_config}, "
+                          f"or ingest the site's exports first: {how})")
+    if not (store / INDEX_FILE).is_file():
+        raise ConfigError(f"site {site.site_id!r}: store {store} has no index ({INDEX_FILE}); the node could "
+                          f"answer no query. Ingest first ({how}) or rebuild it: cohort reindex --store {store}")
+    return site
+
+
+@dataclass(frozen=True)
+class SuperNodeSettings:
+    """How this site's SuperNode connects: where, with which CA and node key, on which local port."""
+
+    site_config: Path
+    superlink: str
+    root_certificates: Path | None = None
+    auth_key: Path | None = None
+    insecure: bool = False
+    runtime_port: int = DEFAULT_RUNTIME_PORT
+    max_retries: int | None = None
+
+    def validate(self) -> None:
+        check_address(self.superlink)
+        if self.insecure and self.root_certificates is not None:
+            raise ConfigError("--insecure and --root-certificates exclude each other: TLS is either on or off")
+        if not self.insecure and self.root_certificates is None:
+            raise ConfigError("TLS is on by default: pass --root-certificates CA.crt (the consortium CA the "
+                              "coordinator gave you), or --insecure for a local demo without TLS")
+        for flag, path in (("--root-certificates", self.root_certificates), ("--auth-key", self.auth_key)):
+            if path is not None and not path.is_file():
+                raise ConfigError(f"{flag} {path}: file not found")
+        if self.auth_key is not None and self.auth_key.suffix == ".pub":
+            raise ConfigError(f"--auth-key {self.auth_key} is a public key: pass the private key (same name "
+                              "without .pub); the .pub file goes to the coordinator for registration")
+
+
+def supernode_command(settings: SuperNodeSettings, executable: str = SUPERNODE) -> list[str]:
+    """The ``flower-supernode`` command line for ``settings`` (validated)."""
+    settings.validate()
+    node_config = f"{NODE_SITE_CONFIG}={toml_string(str(settings.site_config.resolve()))}"
+    cmd = [executable, "--superlink", settings.superlink, "--node-config", node_config,
+           "--host", "127.0.0.1", "--port", str(settings.runtime_port)]
+    if settings.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(settings.root_certificates.resolve())]  # type: ignore[union-attr]
+    if settings.auth_key is not None:
+        cmd += ["--auth-supernode-private-key", str(settings.auth_key.resolve())]
+    if settings.max_retries is not None:
+        cmd += ["--max-retries", str(settings.max_retries)]
+    return cmd
+
+
+def flower_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for Flower processes: quiet defaults, and this interpreter's scripts on PATH
+    (the SuperNode starts ``flwr-clientapp`` by name, also when the venv is not activated)."""
+    env = dict(os.environ if base is None else base)
+    for key, value in FLOWER_ENV_DEFAULTS.items():
+        env.setdefault(key, value)
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = os.pathsep.join(p for p in (bindir, env.get("PATH", "")) if p)
+    return env
+
+
+def _find_supernode(env: dict[str, str]) -> str:
+    found = shutil.which(SUPERNODE, path=env.get("PATH"))
+    if found is None:
+        raise ConfigError(f"{SUPERNODE} not found on PATH; install the project (pip install fedcohort) in the "
+                          "environment that runs fl-client")
+    return found
+
+
+@app.command()
+def start(
+    site_config: Annotated[Path, typer.Option(help="the site's site.yaml (store path, site id, disclosure policy)")],
+    superlink: Annotated[str, typer.Option(help="the coordinator's SuperLink as HOST:PORT")],
+    root_certificates: Annotated[Path | None, typer.Option(
+        help="consortium CA certificate (PEM) that signed the SuperLink's certificate")] = None,
+    auth_key: Annotated[Path | None, typer.Option(
+        help="this site's node private key (ECDSA P-384, from ssh-keygen); its .pub must be registered")] = None,
+    insecure: Annotated[bool, typer.Option(help="no TLS: only for local demos on loopback")] = False,
+    runtime_port: Annotated[int, typer.Option(
+        help="local port (127.0.0.1) of the SuperNode's runtime API; distinct per node on one host")]
+        = DEFAULT_RUNTIME_PORT,
+    max_retries: Annotated[int | None, typer.Option(
+        help="give up after this many failed connection attempts (default: retry forever)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the SuperNode command and exit")] = False,
+) -> None:
+    """Check the site is ready, then run its Flower SuperNode connected to the coordinator."""
+    site = check_site_ready(site_config)
+    settings = SuperNodeSettings(site_config, superlink, root_certificates, auth_key, insecure, runtime_port,
+                                 max_retries)
+    env = flower_environment()
+    cmd = supernode_command(settings, executable=SUPERNODE if dry_run else _find_supernode(env))
+    if dry_run:
+        typer.echo(shlex.join(cmd))
+        return
+    tls = "without TLS (--insecure)" if insecure else f"TLS with CA {root_certificates}"
+    auth = f"node key {auth_key}" if auth_key else "no node key (the SuperLink must not require one)"
+    typer.echo(f"site {site.site_id!r}: store {site.store_path()}; connecting out to {superlink}, {tls}, {auth}",
+               err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except CohortError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
