@@ -9,6 +9,8 @@ Rules (the site's policy wins; a request can only make them stricter):
   smallest cell is suppressed as well.
 * Optional Laplace noise (scale ``noise_scale``) and rounding up to a multiple of ``rounding`` apply
   to released cells.
+* Differencing: totals of nested subsets (cohort, CT, CT+ECG, ...) that differ by less than the
+  minimum cell are not both released; the smaller is suppressed, and its parts no longer add up.
 * Histograms with more bins than ``histogram_bin_cap`` and fields outside the allowlist are refused
   per distribution; identifying fields refuse the whole query.
 """
@@ -124,6 +126,37 @@ class _Releaser:
         return out
 
 
+def _differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
+    """Totals to suppress so that no two released totals differ by less than the minimum cell.
+
+    Subsets lie inside the cohort and often inside each other (CT+ECG within CT): cohort 15 and CT 14
+    would reveal one patient without CT. Whenever two totals that would be released differ by 1 to
+    ``min_cell - 1``, the smaller is suppressed, until no such pair is left. The check is pairwise over
+    all totals, so it also covers nestings it does not know about.
+    """
+    totals = {ALL_SUBSET: counts.patients, **{n: sc.patients for n, sc in counts.subsets.items()}}
+    hidden = {n for n, v in totals.items() if v < min_cell}
+    changed = True
+    while changed:
+        changed = False
+        visible = sorted((n for n in totals if n not in hidden), key=lambda n: (totals[n], n))
+        for i, small in enumerate(visible):
+            if any(0 < totals[big] - totals[small] < min_cell for big in visible[i + 1:]):
+                hidden.add(small)
+                changed = True
+                break
+    return {n for n in hidden if totals[n] >= min_cell}
+
+
+def _hide_sum(cells: list[int | None], raw: list[int]) -> list[int | None]:
+    """When a total is suppressed, its released parts must not add up to it: hide the smallest part."""
+    if cells and all(c is not SUPPRESSED for c in cells):
+        out = list(cells)
+        out[min(range(len(raw)), key=lambda i: raw[i])] = SUPPRESSED
+        return out
+    return cells
+
+
 def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cell: int | None = None,
             spec_fields: list[str] | None = None, seed: int = 0) -> ReleasedCounts:
     """Apply ``policy`` to ``counts``; raises DisclosureError when the whole query is refused."""
@@ -131,13 +164,15 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
     check_fields((spec_fields or []) + dist_fields, policy)
     min_cell, note = effective_min_cell(policy, requested_min_cell)
     rel = _Releaser(policy, min_cell, seed)
-    patients = rel.cell(counts.patients)
+    differenced = _differencing_suppression(counts, min_cell)
+    patients = SUPPRESSED if ALL_SUBSET in differenced else rel.cell(counts.patients)
     subsets: dict[str, int | None] = {}
     labels: dict[str, dict[str, int | None]] = {}
     for name, sc in counts.subsets.items():
-        subsets[name] = rel.cell(sc.patients)
+        subsets[name] = SUPPRESSED if name in differenced else rel.cell(sc.patients)
         cells = rel.group([getattr(sc, k) for k in LABEL_KEYS], subsets[name] is not SUPPRESSED)
-        labels[name] = dict(zip(LABEL_KEYS, cells, strict=True))
+        labels[name] = dict(zip(LABEL_KEYS, _hide_sum(cells, [getattr(sc, k) for k in LABEL_KEYS])
+                                if name in differenced else cells, strict=True))
     dists = []
     for d in counts.distributions:
         rd = ReleasedDistribution(field=d.field, subset=d.subset, kind=d.kind)
@@ -153,6 +188,8 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
             total = subsets.get(d.subset, patients if d.subset == ALL_SUBSET else SUPPRESSED)
             total_released = total is not SUPPRESSED
             cells = rel.group([b.count for b in d.bins], total_released)
+            if d.subset in differenced:
+                cells = _hide_sum(cells, [b.count for b in d.bins])
             rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
                        for b, c in zip(d.bins, cells, strict=True)]
         dists.append(rd)

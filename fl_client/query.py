@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cohort.disclosure import audit, release
+from cohort.disclosure import audit, check_fields, release
 from cohort.errors import CohortError, DisclosureError
 from cohort.protocol import STATUS_ANSWERED, STATUS_ERROR, STATUS_REFUSED
 from cohort.siteconfig import SiteConfig
@@ -26,17 +26,29 @@ class QueryAnswer:
     reason: str | None = None
 
 
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [v for v in items if isinstance(v, dict)]
+
+
 def spec_fields(spec_json: dict[str, Any]) -> list[str]:
-    """Every field name the spec uses anywhere (predicates, label, within dates, distributions)."""
-    fields: list[str] = []
-    for obj in spec_json.get("objects", {}).values():
-        fields += [p["field"] for p in obj.get("where", [])]
-        within = obj.get("within") or {}
-        fields += [within[k] for k in ("date_field", "own_date_field") if within.get(k)]
-    if spec_json.get("label"):
-        fields.append(spec_json["label"]["field"])
-    fields += [d["field"] for d in spec_json.get("distributions", [])]
-    return fields
+    """Every field name the spec uses anywhere (predicates, label, within dates, distributions).
+
+    Tolerates malformed specs (they are rejected later by the parser with a precise message).
+    """
+    if not isinstance(spec_json, dict):
+        return []
+    fields: list[Any] = []
+    for obj in _dicts(spec_json.get("objects")):
+        fields += [p.get("field") for p in _dicts(obj.get("where"))]
+        within = obj.get("within")
+        if isinstance(within, dict):
+            fields += [within.get(k) for k in ("date_field", "own_date_field")]
+    label = spec_json.get("label")
+    if isinstance(label, dict):
+        fields.append(label.get("field"))
+    fields += [d.get("field") for d in _dicts(spec_json.get("distributions"))]
+    return [f for f in fields if isinstance(f, str) and f]
 
 
 def answer_query(site: SiteConfig, request: dict[str, Any]) -> QueryAnswer:
@@ -56,6 +68,9 @@ def answer_query(site: SiteConfig, request: dict[str, Any]) -> QueryAnswer:
         if unknown:
             raise DisclosureError(f"query refused: unsupported request keys {unknown}; this site answers "
                                   "aggregate counts for a cohort spec only, never rows")
+        # Identifying names in any spelling (PatientID, patient-id) are refused before parsing, so
+        # they are logged as refusals rather than as "unknown field" errors.
+        check_fields(spec_fields(spec_json), site.disclosure)
         spec = parse_spec(spec_json)
         check_privacy(spec)
         with DuckIndex.for_store(site.store_path(), read_only=True) as index:

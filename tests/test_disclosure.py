@@ -103,3 +103,21 @@ def test_audit_log_appends_one_line_per_query(tmp_path):
     audit(log, spec_json={"a": 1}, requester="run-2", decision="refused", reason="identifying field")
     lines = log.read_text().splitlines()
     assert len(lines) == 2 and '"refused"' in lines[1]
+
+
+def test_nested_totals_never_differ_by_less_than_the_minimum_cell():
+    counts = CohortCounts(patients=15, subsets={"CT": SubsetCounts(14, 0, 14, 0), "ECG": SubsetCounts(15, 0, 15, 0),
+                                                "CT+ECG": SubsetCounts(12, 0, 12, 0)})
+    out = release(counts, DisclosurePolicy(min_cell_size=10))
+    released = [v for v in [out.patients, *out.subsets.values()] if v is not None]
+    assert all(not (0 < abs(a - b) < 10) for a in released for b in released)
+    assert out.patients == 15 and out.subsets["ECG"] == 15  # equal totals reveal nothing
+    assert out.subsets["CT"] is None and out.subsets["CT+ECG"] is None
+    # A suppressed total's label cells must not add up to it.
+    assert any(v is None for v in out.labels["CT"].values())
+
+
+def test_far_apart_nested_totals_are_both_released():
+    counts = CohortCounts(patients=40, subsets={"CT": SubsetCounts(25, 5, 20, 0)})
+    out = release(counts, DisclosurePolicy(min_cell_size=10))
+    assert out.patients == 40 and out.subsets["CT"] == 25
