@@ -10,7 +10,7 @@ Rules (the site's policy wins; a request can only make them stricter):
 * Optional Laplace noise (scale ``noise_scale``) and rounding up to a multiple of ``rounding`` apply
   to released cells.
 * Differencing: totals of nested subsets (cohort, CT, CT+ECG, ...) that differ by less than the
-  minimum cell are not both released; the smaller is suppressed, and its parts no longer add up.
+  minimum cell are not both released; the larger is suppressed, and its parts no longer add up.
 * Histograms with more bins than ``histogram_bin_cap`` and fields outside the allowlist are refused
   per distribution; identifying fields refuse the whole query.
 """
@@ -131,7 +131,8 @@ def _differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
 
     Subsets lie inside the cohort and often inside each other (CT+ECG within CT): cohort 15 and CT 14
     would reveal one patient without CT. Whenever two totals that would be released differ by 1 to
-    ``min_cell - 1``, the smaller is suppressed, until no such pair is left. The check is pairwise over
+    ``min_cell - 1``, the larger is suppressed (the refined subset is the one a consortium trains on),
+    until no such pair is left. The check is pairwise over
     all totals, so it also covers nestings it does not know about.
     """
     totals = {ALL_SUBSET: counts.patients, **{n: sc.patients for n, sc in counts.subsets.items()}}
@@ -139,10 +140,11 @@ def _differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
     changed = True
     while changed:
         changed = False
-        visible = sorted((n for n in totals if n not in hidden), key=lambda n: (totals[n], n))
-        for i, small in enumerate(visible):
-            if any(0 < totals[big] - totals[small] < min_cell for big in visible[i + 1:]):
-                hidden.add(small)
+        # Largest first: the broader total goes, the refined subset a cohort is trained on stays.
+        visible = sorted((n for n in totals if n not in hidden), key=lambda n: (-totals[n], n))
+        for i, big in enumerate(visible):
+            if any(0 < totals[big] - totals[small] < min_cell for small in visible[i + 1:]):
+                hidden.add(big)
                 changed = True
                 break
     return {n for n in hidden if totals[n] >= min_cell}

@@ -111,8 +111,9 @@ def test_nested_totals_never_differ_by_less_than_the_minimum_cell():
     out = release(counts, DisclosurePolicy(min_cell_size=10))
     released = [v for v in [out.patients, *out.subsets.values()] if v is not None]
     assert all(not (0 < abs(a - b) < 10) for a in released for b in released)
-    assert out.patients == 15 and out.subsets["ECG"] == 15  # equal totals reveal nothing
-    assert out.subsets["CT"] is None and out.subsets["CT+ECG"] is None
+    # 15 vs 14 and 14 vs 12 are too close: the broader totals go, the refined subset stays.
+    assert out.patients is None and out.subsets["ECG"] is None and out.subsets["CT"] is None
+    assert out.subsets["CT+ECG"] == 12
     # A suppressed total's label cells must not add up to it.
     assert any(v is None for v in out.labels["CT"].values())
 
