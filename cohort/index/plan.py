@@ -29,6 +29,7 @@ from cohort.errors import SpecError
 from cohort.index.catalog import FieldInfo, field_catalog, resolve_field, template_keys
 from cohort.spec import units
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or, Predicate
+from cohort.spec.validate import expr_names
 
 STANDARD_SUBSETS: dict[str, Expr] = {"CT": "CT", "ECG": "ECG", "CT+ECG": And(all=["CT", "ECG"])}
 KIND_SETS = ("CT", "MR", "CR", "DX", "ECG", "SR", "SEG")  # names that mean "any entity of this kind"
@@ -302,17 +303,6 @@ def _order(objects: dict[str, ObjectPlan]) -> dict[str, ObjectPlan]:
     for name in objects:
         visit(name)
     return ordered
-
-
-def expr_names(expr: Expr) -> list[str]:
-    """Names an expression refers to."""
-    if isinstance(expr, str):
-        return [expr]
-    if isinstance(expr, And):
-        return [n for e in expr.all for n in expr_names(e)]
-    if isinstance(expr, Or):
-        return [n for e in expr.any for n in expr_names(e)]
-    return expr_names(expr.not_)
 
 
 def _check_expr(expr: Expr, names: set[str], where: str) -> None:

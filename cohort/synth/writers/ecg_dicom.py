@@ -17,28 +17,19 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from cohort.dicom import codes
+from cohort.dicom.ecg_report import MEASUREMENT_CODES
+from cohort.dicom.ecg_waveform import TWELVE_LEAD_ECG_STORAGE
 from cohort.dicom.uids import derived_uid
 from cohort.synth.model import SyntheticPatient
 from cohort.synth.profiles import SiteProfile
 from cohort.synth.writers.ecg import EcgExport, prepare_export, quantize
 
-TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 SENSITIVITY_UV = 2.5  # microvolts per count
 MANUFACTURER = "SCHILLER"
 MODEL = "CARDIOVIT AT-102 G2"
 
-# Canonical measurement key -> (concept, unit) for the waveform annotations.
-ANNOTATION_CODES: dict[str, tuple[Code, Code]] = {
-    "heart_rate": (codes.HEART_RATE, codes.PER_MINUTE),
-    "rr_ms": (codes.RR_INTERVAL, codes.MILLISECOND),
-    "pr_ms": (codes.PR_INTERVAL, codes.MILLISECOND),
-    "qrs_ms": (codes.QRS_DURATION, codes.MILLISECOND),
-    "qt_ms": (codes.QT_INTERVAL, codes.MILLISECOND),
-    "qtc_ms": (codes.QTC_INTERVAL, codes.MILLISECOND),
-    "p_axis_deg": (codes.P_AXIS, codes.DEGREE),
-    "qrs_axis_deg": (codes.QRS_AXIS, codes.DEGREE),
-    "t_axis_deg": (codes.T_AXIS, codes.DEGREE),
-}
+# The device annotates the same measurements, with the same codes, that the ECG report carries.
+ANNOTATION_CODES = MEASUREMENT_CODES
 
 
 def _code_item(code: Code) -> Dataset:
