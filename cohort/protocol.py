@@ -39,3 +39,12 @@ METRIC_AUROC: Final = "auroc"
 METRIC_BALANCED_ACCURACY: Final = "balanced-accuracy"
 METRIC_SENSITIVITY: Final = "sensitivity"
 METRIC_SPECIFICITY: Final = "specificity"
+
+# Flower settings every process of ours runs with unless the operator chose otherwise: never `uv sync`
+# app dependencies at run time (installs pin them; it would pull CUDA torch), no update checks, no
+# telemetry.
+FLOWER_ENV_DEFAULTS = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+}

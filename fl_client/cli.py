@@ -20,7 +20,9 @@ from typing import Annotated
 
 import typer
 
-from cohort.errors import CohortError, ConfigError
+from cohort.cli.entry import run_app
+from cohort.errors import ConfigError
+from cohort.protocol import FLOWER_ENV_DEFAULTS
 from cohort.siteconfig import SiteConfig, load_site_config
 from fl_client.site_runtime import NODE_SITE_CONFIG
 
@@ -28,13 +30,6 @@ INDEX_FILE = "index.duckdb"  # cohort.index.duck.INDEX_FILE, not imported to kee
 SUPERNODE = "flower-supernode"
 DEFAULT_RUNTIME_PORT = 9094  # Flower's default for the SuperNode's local runtime API
 
-# Flower settings for a site: never `uv sync` app dependencies at run time (the image pins them), no
-# update checks, no telemetry. Set only where the operator has not chosen otherwise.
-FLOWER_ENV_DEFAULTS = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-}
 
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 
@@ -180,8 +175,4 @@ def start(
 
 def main() -> None:
     """Console entry point."""
-    try:
-        app()
-    except CohortError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    run_app(app)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cohort.cli.entry import run_app
 from cohort.errors import CohortError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -124,8 +124,4 @@ def launch(
 
 def main() -> None:
     """Console entry point."""
-    try:
-        app()
-    except CohortError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+    run_app(app)

@@ -25,9 +25,10 @@ class DemoResult:
 
 def quiet_flower_env() -> None:
     """Flower settings for local runs: no dependency installs, update checks or telemetry."""
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    from cohort.protocol import FLOWER_ENV_DEFAULTS
+
+    for key, value in FLOWER_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cohort.errors import CohortError, ConfigError
+from cohort.protocol import FLOWER_ENV_DEFAULTS
 from fl_server.config import CONFIG_DIR, compose_config
 
 PROJECT_ROOT = CONFIG_DIR.parent  # the Flower app: pyproject.toml with [tool.flwr.app]
@@ -36,11 +37,6 @@ RUN_OK = "finished:completed"
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-_]+):(\d{1,5})$")
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
 
-FLOWER_ENV_DEFAULTS = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-}
 
 
 class LaunchError(RuntimeError, CohortError):
