@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 import typer
-
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Site-local cohort engine: synthesize, ingest, index, query, export, serve.")
