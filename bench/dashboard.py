@@ -66,14 +66,14 @@ def build_index(store: Path, patients: int) -> Path:
             offset = {1: "-CAST(u(p, 11) * 120 AS INTEGER)", 2: "-CAST(u(p, 12) * 200 AS INTEGER)",
                       3: "-CAST(u(p, 12) * 200 AS INTEGER)", 6: "-CAST(u(p, 11) * 120 AS INTEGER)"}.get(slot, "0")
             con.execute(
-                f"INSERT INTO entities SELECT p * {SLOTS} + {slot}, '{kind}', {tpl}, pid, '1.2.' || p, "
+                f"INSERT INTO entities (entity_id, kind, template, patient_id, study_uid, series_uid, sop_uid, sop_class_uid, modality, entity_date, entity_datetime, n_instances, path) SELECT p * {SLOTS} + {slot}, '{kind}', {tpl}, pid, '1.2.' || p, "
                 f"'1.2.' || p || '.{slot}', CASE WHEN '{kind}' = 'CT' THEN NULL ELSE '1.2.' || p || '.{slot}.1' END, "
                 f"'{sop_class}', '{modality}', tavi + {offset}, CAST(tavi + {offset} AS TIMESTAMP), {n_inst}, "
                 f"'/bench/' || pid || '/{slot}' FROM pt WHERE u(p, {100 + slot}) < {prob}")
         has = "SELECT p, pid, tavi FROM pt WHERE u(p, {k}) < {prob}"
         ct, ecg, rep, reg, prc, seg, lmk = (has.format(k=100 + o[0], prob=o[3]) for o in OBJECTS)
         # CT series attributes
-        con.execute(f"""INSERT INTO attributes
+        con.execute(f"""INSERT INTO attributes (entity_id, name, num, text)
             SELECT p * {SLOTS} + 1, name, num, text FROM ({ct}) c, LATERAL (VALUES
               ('slice_thickness', [0.5, 0.6, 1.0, 3.0][1 + CAST(u(p, 20) * 4 AS INTEGER)], NULL),
               ('kvp', CASE WHEN u(p, 21) < 0.5 THEN 100.0 ELSE 120.0 END, NULL),
@@ -84,16 +84,16 @@ def build_index(store: Path, patients: int) -> Path:
               ('convolution_kernel', NULL, CASE WHEN u(p, 23) < 0.5 THEN 'Bv36' ELSE 'STANDARD' END),
               ('body_part', NULL, 'HEART')) v(name, num, text)""")
         # ECG waveform attributes (one 'lead' value per channel)
-        con.execute(f"""INSERT INTO attributes
+        con.execute(f"""INSERT INTO attributes (entity_id, name, num, text)
             SELECT p * {SLOTS} + 2, name, num, text FROM ({ecg}) c, LATERAL (VALUES
               ('sampling_frequency', CASE WHEN u(p, 24) < 0.7 THEN 500.0 ELSE 1000.0 END, NULL),
               ('lead_count', 12.0, NULL), ('duration_s', 10.0, NULL),
               ('manufacturer', NULL, CASE WHEN u(p, 25) < 0.5 THEN 'GE Healthcare' ELSE 'SCHILLER' END)) v(name, num, text)""")
-        con.execute(f"""INSERT INTO attributes SELECT p * {SLOTS} + 2, 'lead', NULL, lead FROM ({ecg}) c,
+        con.execute(f"""INSERT INTO attributes (entity_id, name, num, text) SELECT p * {SLOTS} + 2, 'lead', NULL, lead FROM ({ecg}) c,
             (SELECT unnest(['I','II','III','aVR','aVL','aVF','V1','V2','V3','V4','V5','V6']) AS lead)""")
         # ECG report items: measurements, findings (same-instance traps: LBBB and QRS on one report)
         qrs = "round(85 + u(p, 30) * 40 + CASE WHEN u(p, 31) < 0.15 THEN 40 ELSE 0 END)"
-        con.execute(f"""INSERT INTO items
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date)
             SELECT p * {SLOTS} + 3, field, path, grp, num, unit, NULL, NULL, NULL, NULL, NULL FROM ({rep}) c,
             LATERAL (VALUES ('qrs_duration', '5.1.2', '5.1', {qrs}, 'ms'),
               ('heart_rate', '5.1.1', '5.1', round(50 + u(p, 32) * 50), '/min'),
@@ -101,7 +101,7 @@ def build_index(store: Path, patients: int) -> Path:
               ('qt_interval', '5.1.4', '5.1', round(340 + u(p, 34) * 100), 'ms'),
               ('qtc_interval', '5.1.5', '5.1', round(380 + u(p, 35) * 80), 'ms'),
               ('age', '1.1', '1', round(65 + u(p, 36) * 25), 'a')) v(field, path, grp, num, unit)""")
-        con.execute(f"""INSERT INTO items
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date)
             SELECT p * {SLOTS} + 3, 'ecg_finding', '6.1', '6', NULL, NULL, code, 'SCT', meaning, NULL, NULL
             FROM ({rep}) c, LATERAL (SELECT * FROM (VALUES
               ('64730000', 'Normal sinus rhythm', u(p, 40) < 0.7),
@@ -109,11 +109,11 @@ def build_index(store: Path, patients: int) -> Path:
               ('59118001', 'Right bundle branch block', u(p, 42) < 0.08),
               ('270492004', 'First degree atrioventricular block', u(p, 43) < 0.12),
               ('49436004', 'Atrial fibrillation', u(p, 40) >= 0.7)) f(code, meaning, present) WHERE present)""")
-        con.execute(f"""INSERT INTO items SELECT p * {SLOTS} + 3, 'ecg_datetime', '2.1', '2', NULL, NULL, NULL,
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date) SELECT p * {SLOTS} + 3, 'ecg_datetime', '2.1', '2', NULL, NULL, NULL,
             NULL, NULL, NULL, tavi - CAST(u(p, 12) * 200 AS INTEGER) FROM ({rep}) c""")
         # Registry items
         yes = "'373066001', 'SCT', 'Yes'"
-        con.execute(f"""INSERT INTO items
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date)
             SELECT p * {SLOTS} + 4, field, path, grp, num, unit, code, scheme, meaning, NULL, date FROM ({reg}) c,
             LATERAL (VALUES
               ('age', '2.1', '2', round(65 + u(p, 36) * 25), 'a', NULL, NULL, NULL, NULL::DATE),
@@ -139,7 +139,7 @@ def build_index(store: Path, patients: int) -> Path:
             ) v(field, path, grp, num, unit, code, scheme, meaning, date)""")
         # Procedure history: TAVI date, pacemaker after TAVI (label, more likely with LBBB / self-expanding)
         risk = "0.06 + CASE WHEN u(p, 31) < 0.15 THEN 0.15 ELSE 0 END + CASE WHEN u(p, 54) >= 0.6 THEN 0.08 ELSE 0 END"
-        con.execute(f"""INSERT INTO items
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date)
             SELECT p * {SLOTS} + 5, field, path, grp, num, NULL, code, scheme, meaning, NULL, date FROM ({prc}) c,
             LATERAL (VALUES
               ('tavi_date', '2.1', '2', NULL, NULL, NULL, NULL, tavi),
@@ -151,10 +151,10 @@ def build_index(store: Path, patients: int) -> Path:
               ('procedure_code', '1.2', '1.2', NULL, '8-930', '99OPS', 'Monitoring von Atmung, Herz und Kreislauf', NULL),
               ('procedure_date', '1.2.1', '1.2', NULL, NULL, NULL, NULL, tavi)
             ) v(field, path, grp, num, code, scheme, meaning, date)""")
-        con.execute(f"""INSERT INTO items SELECT p * {SLOTS} + 5, 'pacemaker_in_situ', '1.3', '1', 1.0, NULL,
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date) SELECT p * {SLOTS} + 5, 'pacemaker_in_situ', '1.3', '1', 1.0, NULL,
             {yes}, NULL, NULL FROM ({prc}) c WHERE u(p, 61) < 0.03""")
         # SEG segments: LV / RV (manual or automatic), membranous septum, calcification
-        con.execute(f"""INSERT INTO segments
+        con.execute(f"""INSERT INTO segments (entity_id, segment_number, label, category_code, category_scheme, category_meaning, type_code, type_scheme, type_meaning, algorithm_type, algorithm_name, anatomic_region, anatomic_region_scheme, anatomic_region_meaning)
             SELECT p * {SLOTS} + 6, n, label, cat, cat_s, cat_m, typ, typ_s, typ_m,
                    CASE WHEN u(p, 70 + n) < 0.4 THEN 'MANUAL' WHEN u(p, 70 + n) < 0.7 THEN 'SEMIAUTOMATIC'
                         ELSE 'AUTOMATIC' END, '3D Slicer Segment Editor', NULL, NULL, NULL FROM ({seg}) c,
@@ -166,10 +166,10 @@ def build_index(store: Path, patients: int) -> Path:
               (4, 'Calcification', '49755003', 'SCT', 'Morphologically Altered Structure', '237897009', 'SCT',
                'Calcified')) v(n, label, cat, cat_s, cat_m, typ, typ_s, typ_m)
             WHERE n <= 2 + CAST(u(p, 69) * 3 AS INTEGER)""")
-        con.execute(f"""INSERT INTO attributes SELECT p * {SLOTS} + 6, 'segment_count',
+        con.execute(f"""INSERT INTO attributes (entity_id, name, num, text) SELECT p * {SLOTS} + 6, 'segment_count',
             2 + CAST(u(p, 69) * 3 AS INTEGER), NULL FROM ({seg}) c""")
         # Landmarks: three (finding, site) groups and their points
-        con.execute(f"""INSERT INTO items
+        con.execute(f"""INSERT INTO items (entity_id, field, item_path, group_key, num, unit, code_value, code_scheme, code_meaning, text, date)
             SELECT p * {SLOTS} + 7, field, '5.' || g || suffix, '5.' || g, num, NULL, code, scheme, meaning, txt, NULL
             FROM ({lmk}) c, (SELECT unnest([1, 2, 3]) AS g) gs, LATERAL (VALUES
               ('landmark_finding', '.3', NULL, 'HP001', '99FEDCOH', 'Aortic valve hinge point', NULL),
@@ -177,7 +177,7 @@ def build_index(store: Path, patients: int) -> Path:
                ['Non-coronary Sinus', 'Left Sinus of Valsalva', 'Right Sinus of Valsalva'][g], NULL),
               ('landmark_point', '.4', 1.0, NULL, NULL, NULL, 'POINT')
             ) v(field, suffix, num, code, scheme, meaning, txt)""")
-        con.execute("CHECKPOINT")
+        index.optimize(force=True)  # fills pid / kind / template and patients, sorts, checkpoints
         counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                   for t in ("entities", "attributes", "items", "segments")}
     marker.write_text(str(patients))

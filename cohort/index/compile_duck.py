@@ -1,16 +1,31 @@
 """Compile a CohortSpec to DuckDB SQL and evaluate it: exact counts of distinct patients.
 
-The query is a chain of named relations (run as temporary tables, or shown as one WITH query):
+The query is a chain of named relations over integer patient keys (``pid``). ``evaluate`` runs it as
+one statement (CTEs, one result table); ``materialized`` runs it step by step into temporary tables
+that export and the dashboard read, with ``patient_id`` added to the relations they get.
 
-* ``base_<i>``  entities of object *i*'s kind / template on which every predicate holds: one
-  semi-join (``entity_id IN (...)``) per predicate, one ``GROUP BY entity_id, group_key`` per
-  predicate group, so all predicates hold on the same entity and grouped ones on the same item;
-* ``m_<i>``     (patient_id, entity_id, d): matched entities with their event date, after the time
-  window relative to another object's matched entities of the same patient;
-* ``p_<i>``     patients with a matched entity; the cohort and subsets are set operations on these;
-* ``lab``       the label per patient: 2 positive, 1 negative. A patient whose values include both
-  a positive and a negative value is positive (positive wins: a pacemaker documented anywhere
+* ``base_<i>``  (pid, entity_id) of object *i*: the rows of its most selective predicate's field
+  (``items`` / ``attributes`` / ``segments`` carry ``pid`` and the entity's kind / template, so no
+  join to ``entities`` is needed), semi-joined on ``entity_id`` with the rows of its other
+  predicates (anti-joined for ``exists: false``) and with one ``GROUP BY entity_id, group_key`` per
+  predicate group: all predicates hold on the same entity, grouped ones on the same item. Rows may
+  repeat an entity (a field with several values); everything downstream is insensitive to that.
+* ``m_<i>``     matched entities (pid, entity_id[, d]): ``base_<i>``, after the time window relative
+  to another object's matched entities of the same patient (``d``: the event date);
+* ``p_<i>``     patients with a matched entity; ``cohort`` (pid, kinds) and the subsets are boolean
+  expressions over these, ``kinds`` (from ``patients``) answering the kind names (``CT``, ``ECG``);
+* ``lab``       the label per cohort patient: 2 positive, 1 negative. A patient whose values include
+  both a positive and a negative value is positive (positive wins: a pacemaker documented anywhere
   counts), one with neither is unknown.
+
+Sideways restriction. When the cohort is a conjunction, the objects named in it are evaluated one
+after the other, most selective first (a heuristic on the predicates; see ``_selectivity``), each
+restricted to the patients of the ones before (``pid IN ...``); every other object is restricted to
+the patients of all of them. That is exact: the cohort is a subset of those patients, and every
+relation is exact for the patients it is restricted to; everything reported (subsets, label,
+distributions, matched entities) is read only for cohort patients. Big intermediate sets (an object
+most patients have) then never meet in a join; at a million patients this is the difference
+between seconds and tens of milliseconds.
 
 Distributions count distinct patients per bin: a patient with values in two bins counts in both.
 Histogram bins are ``[edges[i], edges[i+1])`` labelled ``"low-high"``; values outside the edges are
@@ -23,13 +38,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import duckdb
+
+from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo
-from cohort.index.duck import DuckIndex
+from cohort.index.duck import DuckIndex, missing_derived
 from cohort.index.plan import (
     ALL_SUBSET,
-    KIND_SETS,
+    STANDARD_SUBSETS,
     CodeMatch,
     Cond,
     CondGroup,
@@ -37,9 +55,8 @@ from cohort.index.plan import (
     ObjectPlan,
     Plan,
     build_plan,
-    expr_names,
 )
-from cohort.index.schema import IMAGE_KINDS
+from cohort.index.schema import IMAGE_KINDS, KIND_BITS
 from cohort.results import Bin, CohortCounts, Distribution, SubsetCounts
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or
 
@@ -61,37 +78,54 @@ def lit(value: object) -> str:
 
 
 def _select(source: str, *, grp: str = "NULL", num: str = "NULL", text: str = "NULL", code: str = "NULL",
-            scheme: str = "NULL", meaning: str = "NULL", date: str = "NULL", where: str = "") -> str:
-    return (f"SELECT entity_id, CAST({grp} AS VARCHAR) AS grp, CAST({num} AS DOUBLE) AS num, "
+            scheme: str = "NULL", meaning: str = "NULL", date: str = "NULL", where: list[str]) -> str:
+    return (f"SELECT entity_id, pid, CAST({grp} AS VARCHAR) AS grp, CAST({num} AS DOUBLE) AS num, "
             f"CAST({text} AS VARCHAR) AS text, CAST({code} AS VARCHAR) AS code_value, "
             f"CAST({scheme} AS VARCHAR) AS code_scheme, CAST({meaning} AS VARCHAR) AS code_meaning, "
-            f"CAST({date} AS DATE) AS date FROM {source}" + (f" WHERE {where}" if where else ""))
+            f"CAST({date} AS DATE) AS date FROM {source}" + (f" WHERE {' AND '.join(where)}" if where else ""))
 
 
-def values_sql(fi: FieldInfo) -> str:
-    """A SELECT giving every value of field ``fi`` as (entity_id, grp, num, text, code_*, date)."""
+def rows_sql(fi: FieldInfo, kind: str | None = None, template: str | None = None) -> str:
+    """A SELECT giving every value of field ``fi`` as (entity_id, pid, grp, num, text, code_*, date),
+    only of entities of ``kind`` / SR ``template`` when given (filtered on the rows' own columns)."""
     if fi.source == "item":
+        where = [f"field = {lit(fi.name)}"]
+        if kind is not None and kind != "SR":
+            where.append("FALSE")  # SR content belongs to SR documents only
+        if template is not None:
+            where.append(f"template = {lit(template)}")
         return _select("items", grp="group_key", num="num", text="text", code="code_value",
-                       scheme="code_scheme", meaning="code_meaning", date="date", where=f"field = {lit(fi.name)}")
+                       scheme="code_scheme", meaning="code_meaning", date="date", where=where)
     if fi.source == "attribute":
-        return _select("attributes", num="num", text="text", where=f"name = {lit(fi.name)}")
+        where = [f"name = {lit(fi.name)}"] + ([f"kind = {lit(kind)}"] if kind is not None else [])
+        return _select("attributes", num="num", text="text", where=where)
     if fi.source == "segment":
         grp = "segment_number"
+        extra = ["FALSE"] if kind is not None and kind != "SEG" else []
         if fi.name in _SEGMENT_CODED:
             c = _SEGMENT_CODED[fi.name]
             code, scheme, meaning = (f"{c}_code", f"{c}_scheme", f"{c}_meaning") if c != "anatomic_region" \
                 else ("anatomic_region", "anatomic_region_scheme", "anatomic_region_meaning")
             return _select("segments", grp=grp, code=code, scheme=scheme, meaning=meaning,
-                           where=f"{code} IS NOT NULL")
+                           where=[f"{code} IS NOT NULL", *extra])
         if fi.name in _SEGMENT_TEXT:
             col = _SEGMENT_TEXT[fi.name]
-            return _select("segments", grp=grp, text=col, where=f"{col} IS NOT NULL")
-        return _select("segments", grp=grp, num="segment_number")
+            return _select("segments", grp=grp, text=col, where=[f"{col} IS NOT NULL", *extra])
+        return _select("segments", grp=grp, num="segment_number", where=extra)
+    where = [f"kind = {lit(kind)}"] if kind is not None else []
+    if template is not None:
+        where.append(f"template = {lit(template)}")
     if fi.name == "date":
-        return _select("entities", date="entity_date", where="entity_date IS NOT NULL")
+        return _select("entities", date="entity_date", where=[*where, "entity_date IS NOT NULL"])
     if fi.name == "n_instances":
-        return _select("entities", num="n_instances")
-    return _select("entities", text=fi.name, where=f"{fi.name} IS NOT NULL")
+        return _select("entities", num="n_instances", where=where)
+    return _select("entities", text=fi.name, where=[*where, f"{fi.name} IS NOT NULL"])
+
+
+def values_sql(fi: FieldInfo) -> str:
+    """A SELECT giving every value of field ``fi`` as (entity_id, grp, num, text, code_*, date)."""
+    return (f"SELECT entity_id, grp, num, text, code_value, code_scheme, code_meaning, date "
+            f"FROM ({rows_sql(fi)})")
 
 
 def _code_eq(m: CodeMatch) -> str:
@@ -123,133 +157,296 @@ def cond_sql(c: Cond) -> str:
     return f"{col} {_OPS[op]} {vals[0]}"
 
 
-def _cond_filter(c: Cond) -> str:
+def _cond_selectivity(c: Cond) -> float:
+    """A rough share of entities a predicate keeps: only used to order evaluation, never for results."""
     if c.op == "exists":
-        neg = "" if c.present else "NOT "
-        return f"e.entity_id {neg}IN (SELECT entity_id FROM ({values_sql(c.field)}) v)"
-    return f"e.entity_id IN (SELECT v.entity_id FROM ({values_sql(c.field)}) v WHERE {cond_sql(c)})"
+        return 0.9 if c.present else 0.3
+    if c.op in ("=", "in"):
+        return 0.5 if c.field.value_type == "boolean" else min(0.5, 0.1 * len(c.values))
+    if c.op == "contains":
+        return 0.2
+    if c.op == "!=":
+        return 0.9
+    return 0.4  # < <= > >=
 
 
-def _group_filter(g: CondGroup) -> str:
-    union = " UNION ALL ".join(f"SELECT {k} AS k, * FROM ({values_sql(c.field)})" for k, c in enumerate(g.conds))
-    # Groups hold positive conditions only: the plan checks "exists: false" on the entity.
-    having = [f"bool_or(v.k = {k} AND {cond_sql(c)})" for k, c in enumerate(g.conds)]
-    return (f"e.entity_id IN (SELECT v.entity_id FROM ({union}) v GROUP BY v.entity_id, v.grp "
-            f"HAVING {' AND '.join(having)})")
+def _selectivity(obj: ObjectPlan) -> float:
+    s = 1.0
+    for c in (*obj.conds, *(c for g in obj.groups for c in g.conds)):
+        s *= _cond_selectivity(c)
+    return s * (0.5 if obj.within else 1.0)
 
 
 @dataclass(frozen=True)
 class CompiledQuery:
-    """Named SELECTs in dependency order, and which relation holds what."""
+    """Named SELECTs in dependency order, and which relation holds what.
+
+    With ``patient_ids`` (the default) the relations named here carry ``patient_id`` besides ``pid``:
+    ``objects`` (pid, entity_id, d, patient_id), one row per matched entity (and event date);
+    ``subsets`` and ``cohort`` (pid, patient_id); ``label`` (pid, v, patient_id).
+    """
 
     steps: tuple[tuple[str, str], ...]
-    objects: dict[str, str]  # object name -> relation (patient_id, entity_id, d)
-    subsets: dict[str, str]  # subset name -> relation (patient_id); ALL_SUBSET is the cohort
-    label: str | None  # relation (patient_id, v)
+    objects: dict[str, str]  # object name -> relation of its matched entities
+    subsets: dict[str, str]  # subset name -> relation of its patients; ALL_SUBSET is the cohort
+    label: str | None  # relation (pid, v[, patient_id])
     cohort: str
     plan: Plan
+    final: str = ""  # ``evaluate``'s last SELECT (counts and distributions, see ``_final_sql``)
 
     def sql(self, final: str | None = None) -> str:
         """The whole query as one WITH statement (for reading and debugging)."""
         ctes = ",\n".join(f"{name} AS (\n  {body}\n)" for name, body in self.steps)
-        return f"WITH {ctes}\n{final or f'SELECT count(*) FROM {self.cohort}'}"
+        return f"WITH {ctes}\n{final or self.final or f'SELECT count(*) FROM {self.cohort}'}"
 
 
-def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: str = "") -> CompiledQuery:
+@dataclass
+class _Builder:
+    plan: Plan
+    p: str
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    base: dict[str, str] = field(default_factory=dict)
+    matched: dict[str, str] = field(default_factory=dict)
+    dated: set[str] = field(default_factory=set)  # objects whose matched relation has ``d``
+    patients: dict[str, str] = field(default_factory=dict)
+
+    def add(self, name: str, body: str) -> str:
+        rel = f"{self.p}{name}"
+        self.steps.append((rel, body))
+        return rel
+
+    def index_of(self, name: str) -> int:
+        return list(self.plan.objects).index(name)
+
+    def needs_date(self, name: str) -> bool:
+        obj = self.plan.objects[name]
+        if obj.within is not None and obj.within.own_date is None:
+            return True
+        return any(o.within is not None and o.within.of == name and o.within.of_date is None
+                   for o in self.plan.objects.values())
+
+    def emit_base(self, name: str, restrict: str | None) -> str:
+        obj = self.plan.objects[name]
+        i = self.index_of(name)
+        positive = [c for c in obj.conds if not (c.op == "exists" and not c.present)]
+        absent = [c for c in obj.conds if c.op == "exists" and not c.present]
+        # The driver: the most selective positive predicate, SR / attribute / segment rows first.
+        driver = min(positive, key=lambda c: (_cond_selectivity(c), c.field.source == "entity"), default=None)
+        if driver is not None:
+            src = f"({rows_sql(driver.field, obj.kind, obj.template)}) v"
+            where = [cond_sql(driver)]
+        else:
+            where = [f"kind = {lit(obj.kind)}"] + ([f"template = {lit(obj.template)}"] if obj.template else [])
+            src = "entities v"
+        if restrict is not None:
+            where.append(f"v.pid IN (SELECT pid FROM {restrict})")
+        for c in positive:
+            if c is not driver:
+                where.append(f"v.entity_id IN (SELECT v.entity_id FROM ({rows_sql(c.field, obj.kind, obj.template)}) v "
+                             f"WHERE {cond_sql(c)})")
+        for c in absent:
+            where.append(f"v.entity_id NOT IN (SELECT entity_id FROM ({rows_sql(c.field, obj.kind, obj.template)}))")
+        where += [self._group_filter(obj, g) for g in obj.groups]
+        body = f"SELECT v.pid, v.entity_id FROM {src} WHERE " + "\n    AND ".join(where)
+        if self.needs_date(name) and (obj.within is None or obj.within.own_date is None):
+            body = (f"SELECT b.pid, b.entity_id, e.entity_date AS d FROM ({body}) b JOIN entities e "
+                    f"ON e.entity_id = b.entity_id WHERE e.kind = {lit(obj.kind)}")
+        rel = self.add(f"base_{i}", body)
+        self.base[name] = rel
+        return rel
+
+    @staticmethod
+    def _group_filter(obj: ObjectPlan, g: CondGroup) -> str:
+        union = " UNION ALL ".join(f"SELECT {k} AS k, * FROM ({rows_sql(c.field, obj.kind, obj.template)})"
+                                   for k, c in enumerate(g.conds))
+        # Groups hold positive conditions only: the plan checks "exists: false" on the entity.
+        having = [f"bool_or(v.k = {k} AND {cond_sql(c)})" for k, c in enumerate(g.conds)]
+        return (f"v.entity_id IN (SELECT v.entity_id FROM ({union}) v GROUP BY v.entity_id, v.grp "
+                f"HAVING {' AND '.join(having)})")
+
+    def emit_matched(self, name: str) -> str:
+        obj = self.plan.objects[name]
+        i = self.index_of(name)
+        base = self.base[name]
+        w = obj.within
+        if w is None:
+            self.matched[name] = base
+            if self.needs_date(name):
+                self.dated.add(name)
+        else:
+            own = base
+            if w.own_date is not None:
+                own = (f"(SELECT b.pid, b.entity_id, v.date AS d FROM {base} b JOIN "
+                       f"({rows_sql(w.own_date, obj.kind, obj.template)}) v ON v.entity_id = b.entity_id "
+                       f"WHERE v.date IS NOT NULL)")
+            other = self.matched[w.of]
+            of = self.plan.objects[w.of]
+            if w.of_date is not None:
+                ev = (f"(SELECT m.pid, v.date AS d FROM {other} m JOIN "
+                      f"({rows_sql(w.of_date, of.kind, of.template)}) v ON v.entity_id = m.entity_id "
+                      f"WHERE v.date IS NOT NULL)")
+            else:
+                ev = f"(SELECT pid, d FROM {other})"
+            window = ["b.pid = a.pid", "b.d IS NOT NULL"]
+            if w.min_days is not None:
+                window.append(f"date_diff('day', b.d, a.d) >= {int(w.min_days)}")
+            if w.max_days is not None:
+                window.append(f"date_diff('day', b.d, a.d) <= {int(w.max_days)}")
+            self.matched[name] = self.add(
+                f"m_{i}", f"SELECT a.pid, a.entity_id, a.d FROM {own} a WHERE a.d IS NOT NULL "
+                          f"AND EXISTS (SELECT 1 FROM {ev} b WHERE {' AND '.join(window)})")
+            self.dated.add(name)
+        return self.matched[name]
+
+    def patients_of(self, name: str) -> str:
+        if name not in self.patients:
+            i = self.index_of(name)
+            self.patients[name] = self.add(f"p_{i}", f"SELECT DISTINCT pid FROM {self.matched[name]}")
+        return self.patients[name]
+
+    def pred(self, expr: Expr, pid: str, kinds: str) -> str:
+        """``expr`` as a condition on one patient (columns ``pid`` and ``kinds``)."""
+        if isinstance(expr, str):
+            if expr in self.plan.objects:
+                return f"{pid} IN (SELECT pid FROM {self.patients_of(expr)})"
+            if expr in KIND_BITS:
+                return f"({kinds} & {KIND_BITS[expr]}) <> 0"
+            return self.pred(STANDARD_SUBSETS[expr], pid, kinds)
+        if isinstance(expr, And):
+            return "(" + " AND ".join(self.pred(e, pid, kinds) for e in expr.all) + ")"
+        if isinstance(expr, Or):
+            return "(" + " OR ".join(self.pred(e, pid, kinds) for e in expr.any) + ")"
+        assert isinstance(expr, Not)
+        return f"(NOT {self.pred(expr.not_, pid, kinds)})"
+
+
+def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: str = "",
+                 patient_ids: bool = True) -> CompiledQuery:
     """Resolve ``spec`` against the index's catalog and compile it to named SELECTs.
 
-    Relation names start with ``prefix``, so several evaluations can share one connection.
+    Relation names start with ``prefix``, so several evaluations can share one connection. Without
+    ``patient_ids`` the relations carry ``pid`` only (what ``evaluate`` needs).
     """
     plan = build_plan(spec, index.catalog if index is not None else None)
-    p = prefix
-    exprs = [plan.cohort, *plan.subsets.values()]
-    referenced = {n for e in exprs for n in expr_names(e)}
-    steps: list[tuple[str, str]] = []
-    if any(_has_not(e) for e in exprs):  # only NOT needs "every patient"; it is a scan of all entities
-        steps.append((f"{p}all_patients", "SELECT DISTINCT patient_id FROM entities"))
-    rels: dict[str, str] = {}
-    obj_rels: dict[str, str] = {}
-    for i, obj in enumerate(plan.objects.values()):
-        steps += _object_steps(p, i, obj, obj_rels)
-        obj_rels[obj.name] = f"{p}m_{i}"
-        rels[obj.name] = f"{p}p_{i}"
-    for kind in KIND_SETS:
-        if kind not in rels and kind in referenced:
-            steps.append((f"{p}kind_{kind}", f"SELECT DISTINCT patient_id FROM entities WHERE kind = {lit(kind)}"))
-            rels[kind] = f"{p}kind_{kind}"
-    cohort = f"{p}cohort"
-    steps.append((cohort, _expr_sql(plan.cohort, rels, f"{p}all_patients")))
-    subset_rels = {ALL_SUBSET: cohort}
-    for j, (name, expr) in enumerate(plan.subsets.items()):
-        body = f"SELECT patient_id FROM {cohort} INTERSECT ({_expr_sql(expr, rels, f'{p}all_patients')})"
-        steps.append((f"{p}subset_{j}", body))
-        subset_rels[name] = f"{p}subset_{j}"
+    b = _Builder(plan, prefix)
+    terms = plan.cohort.all if isinstance(plan.cohort, And) else [plan.cohort]
+    chained = [t for t in terms if isinstance(t, str) and t in plan.objects]
+    names = list(plan.objects)
+    chain: str | None = None
+    # Objects the cohort requires, most selective first, each restricted to the patients before.
+    for name in sorted(dict.fromkeys(chained), key=lambda n: (_selectivity(plan.objects[n]), names.index(n))):
+        chain = b.emit_base(name, chain)
+    for name in plan.objects:  # dependency order: window targets first
+        if name not in b.base:
+            b.emit_base(name, chain)
+        b.emit_matched(name)
+    # The cohort: (pid, kinds) of the patients the whole expression holds for.
+    implied = {n for n in chained if plan.objects[n].within is None}
+    rest = [t for t in terms if not (isinstance(t, str) and t in implied)]
+    cond = " AND ".join(b.pred(t, "pt.pid", "pt.kinds") for t in rest) or "TRUE"
+    if chain is not None:
+        cohort_body = (f"SELECT pt.pid, pt.kinds FROM patients pt WHERE pt.pid IN (SELECT pid FROM {chain}) "
+                       f"AND {cond}")
+    else:
+        cohort_body = f"SELECT pt.pid, pt.kinds FROM patients pt WHERE {cond}"
+    cohort = b.add("cohort", cohort_body)
+    subset_preds = {name: b.pred(expr, "c.pid", "c.kinds") for name, expr in plan.subsets.items()}
     label_rel = None
     if plan.label is not None:
         lab = plan.label
+        obj = plan.objects[lab.object]
         pos = cond_sql(lab.positive) if lab.positive.values else "FALSE"
         neg = cond_sql(lab.negative) if lab.negative.values else "FALSE"
-        label_rel = f"{p}lab"
-        steps.append((label_rel, f"SELECT m.patient_id, max(CASE WHEN {pos} THEN {POSITIVE} WHEN {neg} "
-                                 f"THEN {NEGATIVE} ELSE 0 END) AS v FROM {obj_rels[lab.object]} m "
-                                 f"JOIN ({values_sql(lab.field)}) v ON v.entity_id = m.entity_id "
-                                 f"GROUP BY m.patient_id"))
-    return CompiledQuery(tuple(steps), obj_rels, subset_rels, label_rel, cohort, plan)
+        label_rel = b.add("lab", f"SELECT v.pid, max(CASE WHEN {pos} THEN {POSITIVE} WHEN {neg} THEN {NEGATIVE} "
+                                 f"ELSE 0 END) AS v FROM ({rows_sql(lab.field, obj.kind, obj.template)}) v "
+                                 f"WHERE v.entity_id IN (SELECT entity_id FROM {b.matched[lab.object]}) "
+                                 f"AND v.pid IN (SELECT pid FROM {cohort}) GROUP BY v.pid")
+    subset_rels: dict[str, str] = {}
+    wanted = {d.subset for d in plan.distributions} | ({*plan.subsets} if patient_ids else set())
+    for j, name in enumerate(plan.subsets):
+        if name in wanted:
+            subset_rels[name] = b.add(f"subset_{j}", f"SELECT c.pid FROM {cohort} c WHERE {subset_preds[name]}")
+    subset_rels[ALL_SUBSET] = cohort
+    objects = dict(b.matched)
+    final = _final_sql(b, cohort, label_rel, subset_preds, subset_rels)
+    if patient_ids:  # the relations export and the dashboard read, with the patients' ids
+        for name, rel in b.matched.items():
+            d = "m.d" if name in b.dated else "e.entity_date"
+            objects[name] = b.add(f"x_m_{b.index_of(name)}",
+                                  f"SELECT DISTINCT m.pid, m.entity_id, {d} AS d, e.patient_id FROM {rel} m "
+                                  f"JOIN entities e ON e.entity_id = m.entity_id")
+        for name, rel in list(subset_rels.items()):
+            subset_rels[name] = b.add(f"x_{rel[len(prefix):]}", f"SELECT s.pid, pt.patient_id FROM {rel} s "
+                                                                 f"JOIN patients pt ON pt.pid = s.pid")
+        cohort = subset_rels[ALL_SUBSET]
+        if label_rel is not None:
+            label_rel = b.add("x_lab", f"SELECT l.pid, l.v, pt.patient_id FROM {label_rel} l "
+                                       f"JOIN patients pt ON pt.pid = l.pid")
+    return CompiledQuery(tuple(b.steps), objects, subset_rels, label_rel, cohort, plan, final)
 
 
-def _object_steps(p: str, i: int, obj: ObjectPlan, obj_rels: dict[str, str]) -> list[tuple[str, str]]:
-    base, matched, patients = f"{p}base_{i}", f"{p}m_{i}", f"{p}p_{i}"
-    where = [f"e.kind = {lit(obj.kind)}"]
-    if obj.template:
-        where.append(f"e.template = {lit(obj.template)}")
-    where += [_cond_filter(c) for c in obj.conds]
-    where += [_group_filter(g) for g in obj.groups]
-    steps = [(base, "SELECT e.patient_id, e.entity_id, e.entity_date AS d FROM entities e WHERE "
-                    + "\n    AND ".join(where))]
-    w = obj.within
-    if w is None:
-        return [*steps, (matched, f"SELECT patient_id, entity_id, d FROM {base}"),
-                (patients, f"SELECT DISTINCT patient_id FROM {matched}")]
-    own = base
-    if w.own_date is not None:
-        own = (f"(SELECT b.patient_id, b.entity_id, v.date AS d FROM {base} b JOIN ({values_sql(w.own_date)}) v "
-               f"ON v.entity_id = b.entity_id WHERE v.date IS NOT NULL)")
-    other = obj_rels[w.of]
-    if w.of_date is not None:
-        ev = (f"(SELECT m.patient_id, v.date AS d FROM {other} m JOIN ({values_sql(w.of_date)}) v "
-              f"ON v.entity_id = m.entity_id WHERE v.date IS NOT NULL)")
-    else:
-        ev = f"(SELECT patient_id, d FROM {other})"
-    window = ["a.d IS NOT NULL", "b.d IS NOT NULL"]
-    if w.min_days is not None:
-        window.append(f"date_diff('day', b.d, a.d) >= {int(w.min_days)}")
-    if w.max_days is not None:
-        window.append(f"date_diff('day', b.d, a.d) <= {int(w.max_days)}")
-    steps.append((matched, f"SELECT DISTINCT a.patient_id, a.entity_id, a.d FROM {own} a JOIN {ev} b "
-                           f"ON a.patient_id = b.patient_id WHERE {' AND '.join(window)}"))
-    steps.append((patients, f"SELECT DISTINCT patient_id FROM {matched}"))
-    return steps
+def _final_sql(b: _Builder, cohort: str, label: str | None, preds: dict[str, str],
+               subset_rels: dict[str, str]) -> str:
+    """One SELECT of (part, idx, key, n, pos, neg): part 0 the counts of subset ``idx`` (0: the
+    cohort, then ``plan.subsets`` in order), part 1 the rows of distribution ``idx`` (``key``: bin
+    number or category)."""
+    v = "l.v" if label else "NULL::INTEGER"
+    join = f" LEFT JOIN {label} l ON l.pid = c.pid" if label else ""
+    cols = []
+    for pred in ["TRUE", *preds.values()]:
+        cols += [f"count(*) FILTER (WHERE {pred})", f"count(*) FILTER (WHERE {pred} AND {v} = {POSITIVE})",
+                 f"count(*) FILTER (WHERE {pred} AND {v} = {NEGATIVE})"]
+    parts = [f"SELECT 0 AS part, 0 AS idx, NULL::VARCHAR AS key, [{', '.join(cols)}] AS n "
+             f"FROM {cohort} c{join}"]
+    for k, d in enumerate(b.plan.distributions):
+        obj = b.plan.objects[d.object]
+        rows = (f"SELECT v.* FROM ({rows_sql(d.field, obj.kind, obj.template)}) v "
+                f"WHERE v.entity_id IN (SELECT entity_id FROM {b.matched[d.object]}) "
+                f"AND v.pid IN (SELECT pid FROM {subset_rels[d.subset]})")
+        key = _distribution_key(d, k, rows, b)
+        if key is not None:
+            parts.append(f"SELECT 1, {k}, CAST(key AS VARCHAR), [count(DISTINCT pid)] FROM ({key}) "
+                         f"WHERE key IS NOT NULL GROUP BY key")
+    return "\nUNION ALL\n".join(parts)
 
 
-def _has_not(expr: Expr) -> bool:
-    if isinstance(expr, Not):
-        return True
-    if isinstance(expr, And):
-        return any(_has_not(e) for e in expr.all)
-    if isinstance(expr, Or):
-        return any(_has_not(e) for e in expr.any)
-    return False
+def _distribution_key(d: DistributionPlan, k: int, rows: str, b: _Builder) -> str | None:
+    """A SELECT of (pid, key) for distribution ``d``: the bin number or the category label."""
+    fi = d.field
+    if d.bins is not None:
+        edges = d.bins
+        cases = " ".join(f"WHEN v.num < {lit(hi)} THEN {i}" for i, hi in enumerate(edges[1:]))
+        return (f"SELECT v.pid, CASE {cases} END AS key FROM ({rows}) v "
+                f"WHERE v.num >= {lit(edges[0])} AND v.num < {lit(edges[-1])}")
+    if fi.value_type == "coded":
+        # The label of a code: its first alias, else its meaning (one per code), else "CODE SCHEME".
+        rel = b.add(f"dist_{k}", f"SELECT * FROM ({rows}) v WHERE v.code_value IS NOT NULL")
+        first: dict[str, str] = {}
+        for alias, key in fi.aliases:
+            first.setdefault(key, alias)
+        alias_sql = ("CASE v.code_value || ' ' || coalesce(v.code_scheme, 'None') "
+                     + " ".join(f"WHEN {lit(key)} THEN {lit(a)}" for key, a in first.items()) + " END"
+                     if first else "NULL")
+        return (f"SELECT v.pid, coalesce({alias_sql}, nullif(m.meaning, ''), "
+                f"v.code_value || ' ' || coalesce(v.code_scheme, 'None')) AS key FROM {rel} v JOIN "
+                f"(SELECT code_value, code_scheme, any_value(code_meaning) AS meaning FROM {rel} GROUP BY ALL) m "
+                f"ON m.code_value = v.code_value AND m.code_scheme IS NOT DISTINCT FROM v.code_scheme")
+    if fi.value_type == "boolean":
+        return f"SELECT v.pid, CASE WHEN v.num = 1 THEN 'true' ELSE 'false' END AS key FROM ({rows}) v " \
+               f"WHERE v.num IS NOT NULL"
+    if fi.value_type == "text":
+        return f"SELECT v.pid, v.text AS key FROM ({rows}) v"
+    return None  # dates and numbers are not categories (numbers take bins)
 
 
-def _expr_sql(expr: Expr, rels: dict[str, str], everyone: str) -> str:
-    if isinstance(expr, str):
-        return f"SELECT patient_id FROM {rels[expr]}"
-    if isinstance(expr, And):
-        return " INTERSECT ".join(f"({_expr_sql(e, rels, everyone)})" for e in expr.all)
-    if isinstance(expr, Or):
-        return " UNION ".join(f"({_expr_sql(e, rels, everyone)})" for e in expr.any)
-    assert isinstance(expr, Not)
-    return f"(SELECT patient_id FROM {everyone}) EXCEPT ({_expr_sql(expr.not_, rels, everyone)})"
+def _check_derived(index: DuckIndex) -> None:
+    """Rows appended by plain SQL lack ``pid``: fill them (writable index) or refuse (read-only)."""
+    if missing_derived(index.con):
+        try:
+            index.fill_derived()
+        except duckdb.Error as exc:
+            raise CohortError(f"index {index.path} has rows without patient keys (appended outside DuckIndex) "
+                              f"and is open read-only; open it once for writing and call optimize(): {exc}") from None
 
 
 @contextmanager
@@ -260,6 +457,7 @@ def materialized(index: DuckIndex, spec: CohortSpec) -> Iterator[CompiledQuery]:
     ``cohort``) are tables on ``index.con`` that callers may read (export, dashboard); they are
     dropped when the block ends, also on errors. Several evaluations can share one connection.
     """
+    _check_derived(index)
     query = compile_spec(spec, index, prefix=f"_q{uuid.uuid4().hex[:10]}_")
     created = []
     try:
@@ -273,42 +471,40 @@ def materialized(index: DuckIndex, spec: CohortSpec) -> Iterator[CompiledQuery]:
 
 
 def evaluate(index: DuckIndex, spec: CohortSpec) -> CohortCounts:
-    """Exact counts of distinct patients for ``spec``: cohort, subsets by label, distributions."""
-    with materialized(index, spec) as query:
-        con = index.con
-        counts: dict[str, SubsetCounts] = {}
-        for name, rel in query.subsets.items():
-            if query.label:
-                row = con.execute(
-                    f"SELECT count(*), count(*) FILTER (WHERE l.v = {POSITIVE}), "
-                    f"count(*) FILTER (WHERE l.v = {NEGATIVE}) FROM {rel} s "
-                    f"LEFT JOIN {query.label} l ON l.patient_id = s.patient_id").fetchone()
-                assert row is not None  # an aggregate without GROUP BY returns one row
-                total, pos, neg = (int(x) for x in row)
-            else:
-                total, pos, neg = int(index.scalar(f"SELECT count(*) FROM {rel}")), 0, 0
-            counts[name] = SubsetCounts(total, pos, neg, total - pos - neg)
-        dists = [_distribution(index, query, d) for d in query.plan.distributions]
+    """Exact counts of distinct patients for ``spec``: cohort, subsets by label, distributions.
+
+    One SQL statement: the relations of ``compile_spec`` as CTEs, then ``CompiledQuery.final``.
+    """
+    _check_derived(index)
+    query = compile_spec(spec, index, patient_ids=False)
+    plan = query.plan
+    counts_row: list[int] = []
+    found: dict[int, dict[str, int]] = {}
+    for part, idx, key, n in index.con.execute(query.sql()).fetchall():
+        if part == 0:
+            counts_row = [int(x) for x in n]
+        else:
+            found.setdefault(int(idx), {})[str(key)] = int(n[0])
+    counts: dict[str, SubsetCounts] = {}
+    for j, name in enumerate([ALL_SUBSET, *plan.subsets]):
+        total, pos, neg = counts_row[3 * j: 3 * j + 3]
+        counts[name] = SubsetCounts(total, pos, neg, total - pos - neg)
+    dists = [_distribution(d, found.get(k, {})) for k, d in enumerate(plan.distributions)]
     # The whole cohort is ``patients``; its label split is not a subset of the result (the contract's
     # subsets are the standard ones and the spec's).
     total = counts.pop(ALL_SUBSET).patients
     return CohortCounts(patients=total, subsets=counts, distributions=dists)
 
 
-def _distribution(index: DuckIndex, query: CompiledQuery, d: DistributionPlan) -> Distribution:
+def _distribution(d: DistributionPlan, found: dict[str, int]) -> Distribution:
     fi = d.field
-    rows_sql = (f"SELECT m.patient_id, v.* FROM {query.objects[d.object]} m "
-                f"JOIN {query.subsets[d.subset]} s ON s.patient_id = m.patient_id "
-                f"JOIN ({values_sql(fi)}) v ON v.entity_id = m.entity_id")
     bins: list[Bin] = []
     if d.bins is not None:
         shown = d.bin_edges_shown or d.bins
-        for k, (lo, hi) in enumerate(zip(d.bins, d.bins[1:], strict=False)):
-            n = index.scalar(f"SELECT count(DISTINCT patient_id) FROM ({rows_sql}) "
-                             f"WHERE num >= {lit(lo)} AND num < {lit(hi)}")
-            bins.append(Bin(f"{shown[k]:g}-{shown[k + 1]:g}", int(n), shown[k], shown[k + 1]))
+        for k in range(len(d.bins) - 1):
+            bins.append(Bin(f"{shown[k]:g}-{shown[k + 1]:g}", found.get(str(k), 0), shown[k], shown[k + 1]))
     else:
-        bins = [Bin(label, count) for label, count in sorted(_categories(index, fi, rows_sql).items())]
+        bins = [Bin(label, count) for label, count in sorted(found.items())]
     return Distribution(field=fi.name, kind="histogram" if d.bins is not None else "categories",
                         subset=d.subset, bins=bins, unit=d.unit)
 
@@ -317,26 +513,6 @@ def category_label(fi: FieldInfo, code: str, scheme: str, meaning: str | None) -
     """A coded value's category: its first alias in the catalog, else its meaning, else the code."""
     key = f"{code} {scheme}"
     return next((a for a, c in fi.aliases if c == key), None) or meaning or key
-
-
-def _categories(index: DuckIndex, fi: FieldInfo, rows_sql: str) -> dict[str, int]:
-    con = index.con
-    members: dict[str, set[str]] = {}
-    if fi.value_type == "coded":
-        # Patients are counted once per label even when two codes share a label.
-        for code, scheme, meaning, patients in con.execute(
-                f"SELECT code_value, code_scheme, any_value(code_meaning), list(DISTINCT patient_id) "
-                f"FROM ({rows_sql}) WHERE code_value IS NOT NULL GROUP BY code_value, code_scheme").fetchall():
-            members.setdefault(category_label(fi, code, scheme, meaning), set()).update(patients)
-        return {k: len(v) for k, v in members.items()}
-    if fi.value_type == "boolean":
-        expr, where = "CASE WHEN num = 1 THEN 'true' ELSE 'false' END", "num IS NOT NULL"
-    elif fi.value_type == "text":
-        expr, where = "text", "text IS NOT NULL"
-    else:
-        return {}  # dates and numbers are not categories (numbers take bins)
-    return {str(k): int(n) for k, n in con.execute(
-        f"SELECT {expr} AS c, count(DISTINCT patient_id) FROM ({rows_sql}) WHERE {where} GROUP BY c").fetchall()}
 
 
 def matching_entities(index: DuckIndex, spec: CohortSpec) -> dict[str, dict[str, list[str]]]:
@@ -348,7 +524,7 @@ def matching_entities(index: DuckIndex, spec: CohortSpec) -> dict[str, dict[str,
             rows = index.con.execute(
                 f"SELECT DISTINCT m.patient_id, CASE WHEN e.kind IN ({', '.join(lit(k) for k in IMAGE_KINDS)}) "
                 f"THEN e.series_uid ELSE e.sop_uid END AS uid FROM {rel} m JOIN entities e "
-                f"ON e.entity_id = m.entity_id WHERE m.patient_id IN (SELECT patient_id FROM {query.cohort}) "
+                f"ON e.entity_id = m.entity_id WHERE m.pid IN (SELECT pid FROM {query.cohort}) "
                 f"ORDER BY 1, 2").fetchall()
             for patient, uid in rows:
                 out.setdefault(patient, {}).setdefault(name, []).append(uid)

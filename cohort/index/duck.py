@@ -1,7 +1,13 @@
 """The DuckDB index of a store: incremental indexing of DICOM files, counts, reindexing.
 
 Rows are appended in batches through NumPy column arrays that DuckDB scans directly (about two
-million rows per second here), instead of ``executemany`` (a few thousand per second).
+million rows per second here), instead of ``executemany`` (a few thousand per second). Each append
+also fills the query-side columns (``schema.DERIVED``: the patient's integer ``pid``, the entity's
+kind / template on its side rows) and the ``patients`` table.
+
+``optimize()`` re-sorts the big tables (``schema.SORT_KEYS``) once enough rows were appended since
+the last sort, so DuckDB's zone maps let a query read only the row groups of the fields it names;
+``cohort ingest`` calls it after indexing. Queries are exact whether or not it ran.
 """
 
 from __future__ import annotations
@@ -18,7 +24,18 @@ import numpy as np
 from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo, field_catalog
 from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows
-from cohort.index.schema import ENTITY_TABLES, IMAGE_KINDS, SCHEMA_VERSION, TABLES, columns, ddl
+from cohort.index.schema import (
+    DERIVED,
+    ENTITY_TABLES,
+    IMAGE_KINDS,
+    SCHEMA_VERSION,
+    SORT_KEYS,
+    TABLES,
+    columns,
+    ddl,
+    kind_bits_sql,
+    written_columns,
+)
 from cohort.index.templates import SR_VALUE_TYPES, TemplateConfig, load_templates, template_for_title
 
 INDEX_FILE = "index.duckdb"
@@ -26,6 +43,8 @@ STORE_TEMPLATE_DIR = "templates"
 Progress = Callable[[int, int], None]
 _FLUSH_EVERY = 2000  # files per batch: bounds memory while keeping appends large
 _NUMERIC = {"INTEGER", "DOUBLE", "BIGINT"}
+ROW_GROUP_ROWS = 122_880  # DuckDB's row group size: the unit zone maps skip
+RESORT_FRACTION = 0.1  # optimize() re-sorts a table once this share of it was appended unsorted
 
 
 @dataclass
@@ -65,10 +84,17 @@ class _Batch:
 
 
 def append_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Append ``rows`` (tuples in the table's column order) to ``table`` in one statement."""
-    cols = TABLES[table]
+    """Append ``rows`` (tuples of the table's ``written_columns``, in order) to ``table`` in one statement.
+
+    Derived columns are filled here: an entity's ``pid`` from ``patients`` (new patients are added
+    and their ``kinds`` updated), a side row's ``pid`` / ``kind`` / ``template`` from its entity
+    (appended before it, as ``_Batch.flush`` does).
+    """
+    written = written_columns(table)
+    types = dict(TABLES[table])
     arrays: dict[str, np.ndarray] = {}
-    for i, (name, sqltype) in enumerate(cols):
+    for i, name in enumerate(written):
+        sqltype = types[name]
         values = [r[i] for r in rows]
         if sqltype == "DOUBLE":
             arrays[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
@@ -76,14 +102,59 @@ def append_rows(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[tuple
             arrays[name] = np.array([-1 if v is None else v for v in values], dtype=np.int64)
         else:
             arrays[name] = np.array(values, dtype=object)
-    select = ", ".join(
-        f"CAST({n} AS {t})" if t in ("DATE", "TIMESTAMP") else n for n, t in cols
-    )
+    select = ", ".join(f"CAST(b.{n} AS {types[n]})" if types[n] in ("DATE", "TIMESTAMP") else f"b.{n}"
+                       for n in written)
+    derived = DERIVED.get(table, ())
     con.register("_batch", arrays)
     try:
-        con.execute(f"INSERT INTO {table} SELECT {select} FROM _batch")
+        if table == "entities":
+            _add_patients(con, "SELECT DISTINCT patient_id FROM _batch")
+            con.execute(f"INSERT INTO entities ({', '.join(written)}, pid) SELECT {select}, p.pid FROM _batch b "
+                        f"LEFT JOIN patients p ON p.patient_id IS NOT DISTINCT FROM b.patient_id")
+            con.execute(f"UPDATE patients SET kinds = patients.kinds | k.bits FROM (SELECT p.pid, "
+                        f"bit_or({kind_bits_sql('b.kind')}) AS bits FROM _batch b JOIN patients p "
+                        f"ON p.patient_id IS NOT DISTINCT FROM b.patient_id GROUP BY p.pid) k WHERE patients.pid = k.pid")
+        elif derived:
+            con.execute(f"INSERT INTO {table} ({', '.join(written)}, {', '.join(derived)}) SELECT {select}, "
+                        f"{', '.join(f'e.{c}' for c in derived)} FROM _batch b "
+                        f"LEFT JOIN entities e ON e.entity_id = b.entity_id")
+        else:
+            con.execute(f"INSERT INTO {table} ({', '.join(written)}) SELECT {select} FROM _batch b")
     finally:
         con.unregister("_batch")
+    if table in SORT_KEYS:
+        _bump(con, f"unsorted_rows:{table}", len(rows))
+
+
+def _add_patients(con: duckdb.DuckDBPyConnection, patient_ids_sql: str) -> None:
+    """Give the patients of ``patient_ids_sql`` (one column ``patient_id``) not yet known a ``pid``."""
+    con.execute(f"INSERT INTO patients SELECT CAST((SELECT coalesce(max(pid), 0) FROM patients) "
+                f"+ row_number() OVER (ORDER BY n.patient_id) AS INTEGER), n.patient_id, 0 "
+                f"FROM (SELECT DISTINCT patient_id FROM ({patient_ids_sql})) n WHERE NOT EXISTS "
+                f"(SELECT 1 FROM patients p WHERE p.patient_id IS NOT DISTINCT FROM n.patient_id)")
+
+
+def _bump(con: duckdb.DuckDBPyConnection, key: str, n: int) -> None:
+    row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    if row is None:
+        con.execute("INSERT INTO meta VALUES (?, ?)", [key, str(n)])
+    else:
+        con.execute("UPDATE meta SET value = ? WHERE key = ?", [str(int(row[0]) + n), key])
+
+
+def _refresh_kinds(con: duckdb.DuckDBPyConnection, pids_sql: str | None = None) -> None:
+    """Recompute ``patients.kinds`` (of the pids ``pids_sql`` selects, else all) and drop patients left
+    without entities."""
+    scope = f" AND pid IN ({pids_sql})" if pids_sql else ""
+    con.execute(f"UPDATE patients SET kinds = coalesce((SELECT bit_or({kind_bits_sql('e.kind')}) FROM entities e "
+                f"WHERE e.pid = patients.pid), 0) WHERE TRUE{scope}")
+    con.execute(f"DELETE FROM patients WHERE kinds = 0{scope}")
+
+
+def missing_derived(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Tables with rows whose derived columns are not filled (rows appended by plain SQL)."""
+    parts = " UNION ALL ".join(f"SELECT '{t}' WHERE EXISTS (SELECT 1 FROM {t} WHERE pid IS NULL)" for t in DERIVED)
+    return [r[0] for r in con.execute(parts).fetchall()]
 
 
 class DuckIndex:
@@ -105,8 +176,40 @@ class DuckIndex:
         if not read_only:
             for stmt in ddl():
                 self.con.execute(stmt)
-            if not self.con.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone():
-                self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            self._upgrade()
+        elif self._outdated():
+            # An index written by an older version: upgrade it once in place, then read it.
+            self.con.close()
+            try:
+                with DuckIndex(self.path, template_dirs=dirs):
+                    pass
+                self.con = duckdb.connect(self.path, read_only=True)
+            except (duckdb.Error, CohortError) as exc:
+                raise CohortError(f"index {self.path} was written by an older version and must be upgraded "
+                                  f"once by a writer (e.g. 'cohort reindex'); that failed: {exc}") from None
+
+    def _outdated(self) -> bool:
+        try:
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except duckdb.Error:
+            return False  # no tables at all: nothing to read, nothing to upgrade
+        return row is not None and row[0] != SCHEMA_VERSION
+
+    def _upgrade(self) -> None:
+        """Create what an older index lacks (schema 1: pids, derived columns, ``patients``) and fill it."""
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and row[0] == SCHEMA_VERSION:
+            return
+        have = {(t, c) for t, c in self.con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'main' "
+            "AND table_catalog = current_database()").fetchall()}
+        for table, cols in TABLES.items():
+            for name, sqltype in cols:
+                if (table, name) not in have:
+                    self.con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sqltype}")
+        self.fill_derived()
+        self.con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+        self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
 
     @classmethod
     def for_store(cls, store: str | Path, *, read_only: bool = False) -> DuckIndex:
@@ -237,11 +340,14 @@ class DuckIndex:
             self.con.execute("DELETE FROM ingested WHERE path IN ?", [keys])
             for eid, k in rows:
                 self.con.execute("UPDATE entities SET n_instances = n_instances - ? WHERE entity_id = ?", [k, eid])
-            gone = [r[0] for r in self.con.execute(
-                "SELECT entity_id FROM entities WHERE n_instances <= 0").fetchall()]
+            gone = self.con.execute("SELECT entity_id, pid FROM entities WHERE n_instances <= 0").fetchall()
             if gone:
+                ids = [r[0] for r in gone]
                 for table in (*ENTITY_TABLES, "entities"):
-                    self.con.execute(f"DELETE FROM {table} WHERE entity_id IN ?", [gone])
+                    self.con.execute(f"DELETE FROM {table} WHERE entity_id IN ?", [ids])
+                pids = sorted({r[1] for r in gone if r[1] is not None})
+                if pids:
+                    _refresh_kinds(self.con, "SELECT unnest(" + repr(pids) + ")")
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -269,14 +375,84 @@ class DuckIndex:
         try:
             self.con.execute("DELETE FROM items")
             self.con.execute("DELETE FROM concepts")
-            batch.flush(self.con)
-            if new_templates:
+            if new_templates:  # before the items: they take their entity's template
                 self.con.executemany("UPDATE entities SET template = ? WHERE entity_id = ?", new_templates)
+            batch.flush(self.con)
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        self.optimize()
         return len(srs)
+
+    # --- query-side upkeep ----------------------------------------------------------------------
+
+    def fill_derived(self) -> int:
+        """Fill the derived columns of rows appended by plain SQL (``pid`` NULL): new patients get a
+        ``pid``, side rows their entity's ``pid`` / ``kind`` / ``template``; side rows of no entity
+        (unreachable by any query) are dropped. Returns the rows fixed."""
+        con, fixed = self.con, 0
+        missing = missing_derived(con)
+        if not missing:
+            return 0
+        con.execute("BEGIN")
+        try:
+            if "entities" in missing:
+                _add_patients(con, "SELECT patient_id FROM entities WHERE pid IS NULL")
+                fixed += _changed(con.execute(
+                    "UPDATE entities SET pid = p.pid FROM patients p WHERE entities.pid IS NULL "
+                    "AND p.patient_id IS NOT DISTINCT FROM entities.patient_id"))
+                _refresh_kinds(con)
+            for table in missing:
+                if table == "entities":
+                    continue
+                sets = ", ".join(f"{c} = e.{c}" for c in DERIVED[table])
+                fixed += _changed(con.execute(f"UPDATE {table} SET {sets} FROM entities e WHERE {table}.pid IS NULL "
+                                              f"AND e.entity_id = {table}.entity_id"))
+                con.execute(f"DELETE FROM {table} WHERE pid IS NULL")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return fixed
+
+    def optimize(self, *, force: bool = False) -> list[str]:
+        """Keep the index fast to query after appends; returns the tables re-sorted.
+
+        Fills derived columns missing after plain SQL appends (``fill_derived``), then rewrites each
+        table of ``schema.SORT_KEYS`` in that order when the rows appended since its last sort are at
+        least one row group and ``RESORT_FRACTION`` of the table (or always with ``force``). Appended
+        rows are only slower to find (their row groups are not skipped), never missed, so this can
+        run lazily: ``cohort ingest`` calls it after each indexing run, a bulk load once at the end.
+        """
+        self.fill_derived()
+        done = []
+        con = self.con
+        for table, key in SORT_KEYS.items():
+            total = int(self.scalar(f"SELECT count(*) FROM {table}"))
+            meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN (?, ?)",
+                                    [f"unsorted_rows:{table}", f"sorted_rows:{table}"]).fetchall())
+            appended = max(int(meta.get(f"unsorted_rows:{table}", 0)),
+                           total - int(meta.get(f"sorted_rows:{table}", 0)))
+            if not force and (appended < ROW_GROUP_ROWS or appended < RESORT_FRACTION * total):
+                continue
+            cols = ", ".join(columns(table))
+            con.execute("BEGIN")
+            try:
+                con.execute(f"CREATE TABLE _sorted_{table} AS SELECT {cols} FROM {table} ORDER BY {', '.join(key)}")
+                con.execute(f"DROP TABLE {table}")
+                con.execute(f"ALTER TABLE _sorted_{table} RENAME TO {table}")
+                con.execute("DELETE FROM meta WHERE key IN (?, ?)", [f"unsorted_rows:{table}", f"sorted_rows:{table}"])
+                con.execute("INSERT INTO meta VALUES (?, '0'), (?, ?)",
+                            [f"unsorted_rows:{table}", f"sorted_rows:{table}", str(total)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            done.append(table)
+        if done and self.path != ":memory:":
+            con.execute("CHECKPOINT")
+        return done
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -334,6 +510,11 @@ class DuckIndex:
             if config is None or not any(vtype in SR_VALUE_TYPES[f.value_type] for f in config.fields_for_path(steps)):
                 out.append(UnindexedPath(template, path, vtype, int(count)))
         return sorted(out, key=lambda u: (-u.count, u.template or "", u.concept_path))
+
+
+def _changed(cursor: duckdb.DuckDBPyConnection) -> int:
+    row = cursor.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _extract_one(args: tuple[str, tuple[str, ...]]) -> tuple[Extracted | None, str | None]:

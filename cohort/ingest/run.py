@@ -30,6 +30,7 @@ def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress:
         index_progress = (lambda done, total: progress("indexing", done, total)) if progress else None
         with DuckIndex.for_store(store.root) as idx:
             added = idx.add_files(list(store.files()), progress=index_progress)
+            idx.optimize()  # re-sorts for fast queries once enough rows were appended
         report.indexed_files = added.indexed
         report.index_failures = [{"path": p, "reason": r} for p, r in added.failed]
         report.timings["index_s"] = round(time.perf_counter() - t0, 3)
