@@ -45,6 +45,8 @@ FIXED = [
     "s := SEG[{segment_type = LV, algorithm_type = MANUAL}]; cohort s",
     "s := SEG[segment_type = LV, segment_type = RV]; cohort s",
     "c := CT[n_instances = 3]; cohort c",
+    # An attribute (not SR content) under a template: only that template's documents may match.
+    "p := SR:procedures[completion_flag exists]; cohort p",
     "e := SR:ecg_report within -30..0 days of t; t := SR:procedures; cohort e",
     "e := SR:ecg_report[ecg_finding exists false]; cohort e",
     "e := SR:ecg_report[ecg_finding exists true, qrs_duration exists]; cohort e",

@@ -98,6 +98,10 @@ def rows_sql(fi: FieldInfo, kind: str | None = None, template: str | None = None
                        scheme="code_scheme", meaning="code_meaning", date="date", where=where)
     if fi.source == "attribute":
         where = [f"name = {lit(fi.name)}"] + ([f"kind = {lit(kind)}"] if kind is not None else [])
+        if template is not None:
+            # Attribute rows carry the entity's kind but not its SR template: few SR attributes exist,
+            # so a semi-join on the template's entities is cheap.
+            where.append(f"entity_id IN (SELECT entity_id FROM entities WHERE template = {lit(template)})")
         return _select("attributes", num="num", text="text", where=where)
     if fi.source == "segment":
         grp = "segment_number"
