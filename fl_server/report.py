@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from fl_server.agreement import Agreement, SiteAnswer  # noqa: E402
 
@@ -50,31 +51,42 @@ def _fmt(v: int | None) -> str:
     return "suppressed" if v is None else str(v)
 
 
+_LABEL_STYLE = (("negative", "negative", "#4c78a8"), ("positive", "positive (pacemaker)", "#e45756"),
+                ("unknown", "unknown", "#bab0ac"))
+
+
 def plot_label_balance(report: RunReport, path: Path) -> None:
-    """Stacked bars of released positive/negative/unknown labels per site in the agreed subset."""
+    """Stacked bars of released labels per site in the agreed subset.
+
+    A suppressed cell is drawn as a hatched, outlined band of height ``min cell - 1`` and marked
+    ``<k``: the coordinator sees that the cell exists below the threshold (possibly zero), never its value.
+    """
     subset = report.agreement.rule.subset
-    sites, pos, neg, unk, hatch = [], [], [], [], []
-    for a in sorted(report.answers, key=lambda a: a.site_id):
-        sites.append(a.site_id)
-        labels = a.released.labels.get(subset, {}) if a.released else {}
-        vals = [labels.get("positive"), labels.get("negative"), labels.get("unknown")]
-        hatch.append([v is None for v in vals])
-        pos.append(vals[0] or 0)
-        neg.append(vals[1] or 0)
-        unk.append(vals[2] or 0)
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(sites) + 2), 4))
-    x = range(len(sites))
-    ax.bar(x, neg, label="negative", color="#4c78a8")
-    ax.bar(x, pos, bottom=neg, label="positive (pacemaker)", color="#e45756")
-    ax.bar(x, unk, bottom=[n + p for n, p in zip(neg, pos, strict=True)], label="unknown", color="#bab0ac")
-    for i, flags in enumerate(hatch):
-        if any(flags):
-            ax.annotate("some cells suppressed", (i, 0), xytext=(0, 3), textcoords="offset points",
-                        ha="center", fontsize=7, rotation=90, va="bottom")
-    ax.set_xticks(list(x), sites, rotation=20, ha="right")
+    answers = sorted(report.answers, key=lambda a: a.site_id)
+    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(answers) + 2), 4))
+    bottoms = [0.0] * len(answers)
+    for key, _name, color in _LABEL_STYLE:
+        for i, a in enumerate(answers):
+            if a.released is None:
+                continue
+            value = a.released.labels.get(subset, {}).get(key)
+            if value is None:
+                k = a.released.min_cell_size
+                ax.bar(i, k - 1, bottom=bottoms[i], color="none", edgecolor=color, hatch="///", linewidth=1)
+                ax.annotate(f"{key} <{k}", (i, bottoms[i] + (k - 1) / 2), ha="center", va="center", fontsize=7)
+                bottoms[i] += k - 1
+            else:
+                ax.bar(i, value, bottom=bottoms[i], color=color)
+                bottoms[i] += value
+    for i, a in enumerate(answers):
+        if a.released is None:
+            ax.annotate(a.status, (i, 0), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_xticks(list(range(len(answers))), [a.site_id for a in answers], rotation=20, ha="right")
     ax.set_ylabel("patients (released counts)")
     ax.set_title(f"Label balance per site, subset {subset!r}")
-    ax.legend(fontsize=8)
+    handles = [Patch(color=color, label=name) for _, name, color in _LABEL_STYLE]
+    handles.append(Patch(facecolor="none", edgecolor="grey", hatch="///", label="suppressed (below min cell)"))
+    ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
