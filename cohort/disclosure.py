@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from cohort.errors import DisclosureError
-from cohort.index.plan import ALL_SUBSET
-from cohort.results import LABEL_KEYS, CohortCounts
+from cohort.results import ALL_SUBSET, LABEL_KEYS, CohortCounts
 from cohort.siteconfig import DisclosurePolicy
 from cohort.spec.privacy import IDENTIFYING_FIELDS
 

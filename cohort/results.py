@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 # Subsets every answer contains, whatever the spec names.
 STANDARD_SUBSETS = ("CT", "ECG", "CT+ECG")
+ALL_SUBSET = "cohort"  # the whole cohort, the default subset of distributions
 LABEL_KEYS = ("positive", "negative", "unknown")
 
 

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from cohort.disclosure import ReleasedCounts, release, spec_hash
-from cohort.index.plan import ALL_SUBSET
 from cohort.protocol import (
     ANSWER_RECORD,
     CONFIG_RECORD,
@@ -35,6 +34,7 @@ from cohort.protocol import (
     STATUS_ANSWERED,
     STATUS_REFUSED,
 )
+from cohort.results import ALL_SUBSET
 from cohort.siteconfig import DisclosurePolicy
 from fl_client.query import answer_query, spec_fields
 from fl_server.config import compose_config

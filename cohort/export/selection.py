@@ -8,8 +8,8 @@ from pathlib import Path
 from cohort.errors import SpecError
 from cohort.index.compile_duck import POSITIVE, materialized
 from cohort.index.duck import DuckIndex
-from cohort.index.plan import ALL_SUBSET
 from cohort.index.schema import IMAGE_KINDS
+from cohort.results import ALL_SUBSET
 from cohort.spec.model import CohortSpec
 
 ECG_SOURCE_CONCEPT = "content:121112 DCM"  # TID 3708 Source of Measurement: the report's waveform

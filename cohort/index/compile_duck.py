@@ -46,7 +46,6 @@ from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo
 from cohort.index.duck import DuckIndex, missing_derived
 from cohort.index.plan import (
-    ALL_SUBSET,
     STANDARD_SUBSETS,
     CodeMatch,
     Cond,
@@ -57,7 +56,7 @@ from cohort.index.plan import (
     build_plan,
 )
 from cohort.index.schema import IMAGE_KINDS, KIND_BITS
-from cohort.results import Bin, CohortCounts, Distribution, SubsetCounts
+from cohort.results import ALL_SUBSET, Bin, CohortCounts, Distribution, SubsetCounts
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or
 
 _SEGMENT_CODED = {"segment_category": "category", "segment_type": "type", "anatomic_region": "anatomic_region"}

@@ -31,7 +31,6 @@ from cohort.index.catalog import FieldInfo
 from cohort.index.compile_duck import POSITIVE, category_label, values_sql
 from cohort.index.duck import DuckIndex
 from cohort.index.plan import (
-    ALL_SUBSET,
     KIND_SETS,
     CodeMatch,
     Cond,
@@ -41,7 +40,7 @@ from cohort.index.plan import (
     Plan,
     build_plan,
 )
-from cohort.results import Bin, CohortCounts, Distribution, SubsetCounts
+from cohort.results import ALL_SUBSET, Bin, CohortCounts, Distribution, SubsetCounts
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or
 
 Query = dict[str, Any]

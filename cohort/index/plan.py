@@ -27,13 +27,13 @@ from typing import Any
 
 from cohort.errors import SpecError
 from cohort.index.catalog import FieldInfo, field_catalog, resolve_field, template_keys
+from cohort.results import ALL_SUBSET
 from cohort.spec import units
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or, Predicate
 from cohort.spec.validate import expr_names
 
 STANDARD_SUBSETS: dict[str, Expr] = {"CT": "CT", "ECG": "ECG", "CT+ECG": And(all=["CT", "ECG"])}
 KIND_SETS = ("CT", "MR", "CR", "DX", "ECG", "SR", "SEG")  # names that mean "any entity of this kind"
-ALL_SUBSET = "cohort"  # the whole cohort, always reported under this subset name
 _TRUE_WORDS = {"yes", "true", "y", "ja", "1", "1.0", "positive"}
 _FALSE_WORDS = {"no", "false", "n", "nein", "0", "0.0", "negative"}
 
