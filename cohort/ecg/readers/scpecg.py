@@ -1,10 +1,11 @@
 """Reader of SCP-ECG (EN 1064) binary resting ECGs.
 
 Validates the record CRC and length, every section header (CRC, length inside the record) and the
-section 0 pointer table before reading sections 1 (patient and acquisition tags), 3 (leads), 6 (rhythm
-data), 7 (global measurements) and 8 (interpretation statements). Rhythm data must be stored without
-Huffman coding (no section 2) and without reference-beat subtraction; first and second differences are
-undone.
+section 0 pointer table before reading sections 1 (patient and acquisition tags), 2 (Huffman tables),
+3 (leads), 6 (rhythm data), 7 (global measurements) and 8 (interpretation statements). Rhythm data may
+be plain 16-bit samples or Huffman-coded (the default table or one from section 2, see
+``scp_huffman``), with first or second differences undone; reference beat subtraction and bimodal
+compression are refused with that reason.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import numpy as np
 
 from cohort.dicom.codes import LEAD_CODES_SCPECG
 from cohort.ecg.readers import findings_from_statements, read_input_bytes
+from cohort.ecg.readers.scp_huffman import (
+    HuffmanError,
+    HuffmanTable,
+    decode_lead,
+    parse_section2,
+    undo_differences,
+)
 from cohort.ecg.record import EcgRecord, derive_limb_leads
 from cohort.errors import InputError
 
@@ -150,38 +158,66 @@ def _device(tags: dict[int, bytes]) -> tuple[str, str]:
     return maker, model
 
 
-def _leads(path: Path, s3: _Section, s6: _Section) -> tuple[dict[str, np.ndarray], float]:
-    r3 = _Reader(path, s3)
+def _lead_name(lead_id: int) -> str:
+    return f"{LEAD_NAMES[lead_id]} (lead id {lead_id})" if lead_id in LEAD_NAMES else f"lead id {lead_id}"
+
+
+def _huffman_table(path: Path, sections: dict[int, _Section]) -> HuffmanTable | None:
+    """The table lead data starts with, or None when the data is not Huffman-coded."""
+    if 2 not in sections:
+        return None
+    try:
+        tables = parse_section2(sections[2].body)
+    except HuffmanError as exc:
+        raise InputError(f"{exc}; the file is damaged or uses a Huffman coding this reader does not decode: "
+                         "export the ECG uncompressed or as DICOM/aECG", path=str(path), field="section 2") from None
+    return tables[0] if tables else None  # 0 tables: data stored as plain 16-bit samples
+
+
+def _leads(path: Path, sections: dict[int, _Section]) -> tuple[dict[str, np.ndarray], float]:
+    r3 = _Reader(path, sections[3])
     n_leads, flags = r3.take("<BB", "the number of leads")
     if flags & 0x01:
-        raise InputError("rhythm data uses reference-beat subtraction, which this reader does not undo; "
-                         "export the ECG without compression", path=str(path), field="section 3 flags")
+        raise InputError("rhythm data is stored as residuals after reference beat subtraction (section 3 flag; "
+                         "reference beats in section 5 at the QRS positions of section 4), which this reader does "
+                         "not reconstruct; export the ECG without compression or as DICOM/aECG",
+                         path=str(path), field="section 3 reference beat subtraction")
     defs = [r3.take("<IIB", f"lead definition {k + 1}") for k in range(n_leads)]
-    r6 = _Reader(path, s6)
+    r6 = _Reader(path, sections[6])
     avm_nv, interval_us, diff, bimodal = r6.take("<HHBB", "the rhythm data header")
     if interval_us == 0:
         raise InputError("sample time interval is 0", path=str(path), field="section 6 sample time interval")
-    if bimodal or diff not in (0, 1, 2):
-        raise InputError(f"unsupported encoding (difference data {diff}, bimodal {bimodal}); export uncompressed",
-                         path=str(path), field="section 6 encoding")
-    counts = [r6.take("<H", f"the byte count of lead {k + 1}")[0] for k in range(n_leads)]
+    if bimodal:
+        raise InputError(f"bimodal compression is used (value {bimodal}: samples outside the protected QRS zones "
+                         "are decimated), which this reader does not reconstruct; export the ECG without "
+                         "compression or as DICOM/aECG", path=str(path), field="section 6 bimodal compression")
+    if diff not in (0, 1, 2):
+        raise InputError(f"difference data used is {diff}; EN 1064 defines 0 (none), 1 (first) and 2 (second "
+                         "differences)", path=str(path), field="section 6 difference data used")
+    table = _huffman_table(path, sections)
+    counts = [r6.take("<H", f"the byte count of {_lead_name(d[2])}")[0] for d in defs]
     leads: dict[str, np.ndarray] = {}
     for (start, end, lead_id), nbytes in zip(defs, counts, strict=True):
-        (raw,) = r6.take(f"<{nbytes}s", f"the samples of lead id {lead_id}")
+        where = f"section 6 lead {LEAD_NAMES.get(lead_id, lead_id)}"
+        if nbytes > r6.remaining():
+            raise InputError(f"{_lead_name(lead_id)} has {nbytes} bytes of data but only {r6.remaining()} remain "
+                             "in section 6; the file is damaged: re-export it", path=str(path), field=where)
+        (raw,) = r6.take(f"<{nbytes}s", f"the samples of {_lead_name(lead_id)}")
         n_samples = end - start + 1
-        if nbytes != 2 * n_samples:
-            raise InputError(f"lead id {lead_id}: {nbytes} bytes of data for {n_samples} samples; uncompressed "
-                             "data has 2 bytes per sample (Huffman-coded data needs section 2)",
-                             path=str(path), field="section 6 lead data")
-        x = np.frombuffer(raw, dtype="<i2").astype(np.int64)
-        if diff == 1:
-            x = np.cumsum(x)
-        elif diff == 2:
-            x = x.copy()
-            for k in range(2, len(x)):
-                x[k] = x[k] + 2 * x[k - 1] - x[k - 2]
+        if table is None:
+            if nbytes != 2 * n_samples:
+                raise InputError(f"{_lead_name(lead_id)}: {nbytes} bytes of data for {n_samples} samples; "
+                                 "uncompressed data has 2 bytes per sample (Huffman-coded data needs section 2)",
+                                 path=str(path), field="section 6 lead data")
+            values = np.frombuffer(raw, dtype="<i2").astype(np.int64)
+        else:
+            try:
+                values = decode_lead(raw, n_samples, table)
+            except HuffmanError as exc:
+                raise InputError(f"{_lead_name(lead_id)}: {exc}; the file is damaged: re-export it",
+                                 path=str(path), field=where) from None
         if lead_id in LEAD_NAMES:
-            leads[LEAD_NAMES[lead_id]] = x.astype(np.float64) * (avm_nv / 1000.0)
+            leads[LEAD_NAMES[lead_id]] = undo_differences(values, diff).astype(np.float64) * (avm_nv / 1000.0)
     return leads, 1e6 / interval_us
 
 
@@ -233,9 +269,6 @@ def read_scpecg(path: Path) -> EcgRecord:
     """Read one SCP-ECG file; raises InputError naming the section or field that is wrong."""
     path = Path(path)
     sections = _sections(path, read_input_bytes(path))
-    if 2 in sections:
-        raise InputError("rhythm data is Huffman-coded (section 2 present), which this reader does not decode; "
-                         "export the ECG uncompressed", path=str(path), field="section 2")
     for sid, what in ((1, "patient data"), (3, "lead definitions"), (6, "rhythm data")):
         if sid not in sections:
             raise InputError(f"section {sid} ({what}) is missing; a resting ECG export needs it",
@@ -245,7 +278,7 @@ def read_scpecg(path: Path) -> EcgRecord:
     if not patient_id:
         raise InputError("no patient identifier (tag 2); export the ECG with the patient id filled in",
                          path=str(path), field="section 1 tag 2")
-    leads, fs = _leads(path, sections[3], sections[6])
+    leads, fs = _leads(path, sections)
     if {"I", "II"} <= leads.keys():
         leads = derive_limb_leads(leads)
     measurements = _measurements(path, sections[7]) if 7 in sections else {}

@@ -2,8 +2,10 @@
 
 Record: CRC-CCITT over the rest of the file, record length, then sections, each with a 16-byte header
 (CRC, section id, section length, section and protocol version, reserved). Written sections:
-0 pointers, 1 patient and acquisition data (tags), 3 lead definitions, 6 rhythm data (uncompressed:
-no Huffman table section, no reference-beat subtraction), 7 global measurements, 8 textual diagnosis.
+0 pointers, 1 patient and acquisition data (tags), 3 lead definitions, 6 rhythm data, 7 global
+measurements, 8 textual diagnosis. Rhythm data is plain 16-bit samples by default; a ``ScpCompression``
+makes it Huffman-coded like most carts do (section 2: the default table or a table of its own), on
+first or second differences. Reference-beat subtraction and bimodal compression are never written.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from __future__ import annotations
 import binascii
 import struct
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cohort.dicom.codes import LEAD_CODES_SCPECG, TWELVE_LEADS
+from cohort.ecg.readers.scp_huffman import DEFAULT_TABLE, DEFAULT_TABLE_MARKER, HuffmanCode, HuffmanTable
 from cohort.synth.model import SyntheticPatient
 from cohort.synth.profiles import SiteProfile
 from cohort.synth.writers.ecg import EcgExport, prepare_export, quantize
@@ -26,6 +32,17 @@ NOT_COMPUTED = 29999
 SCP_LEAD_IDS = {lead: int(code.rsplit("-", 1)[1]) for lead, code in LEAD_CODES_SCPECG.items()}
 MANUFACTURER = "custo med"
 MODEL = "CP300"  # 5 characters + NUL in the machine id
+
+
+@dataclass(frozen=True)
+class ScpCompression:
+    """How section 6 stores samples: Huffman table (None: plain 16-bit) and difference order (0, 1, 2)."""
+
+    table: HuffmanTable | None = None
+    differences: int = 0
+
+
+UNCOMPRESSED = ScpCompression()
 
 
 def crc_ccitt(data: bytes | memoryview) -> int:
@@ -79,9 +96,59 @@ def _section3(n_samples: int) -> bytes:
     return body
 
 
-def _section6(export: EcgExport) -> bytes:
-    data = [quantize(export.leads[lead], AVM_NV / 1000.0).tobytes() for lead in TWELVE_LEADS]
-    body = struct.pack("<HHBB", AVM_NV, int(round(1_000_000 / export.fs)), 0, 0)
+def differences(x: np.ndarray, order: int) -> np.ndarray:
+    """First or second differences, the first ``order`` samples kept as they are (EN 1064 section 6)."""
+    d = x.astype(np.int64)
+    if order == 0:
+        return d
+    out = d.copy()
+    if order == 1:
+        out[1:] = d[1:] - d[:-1]
+    else:
+        out[2:] = d[2:] - 2 * d[1:-1] + d[:-2]
+    return out
+
+
+def _encode_value(value: int, table: HuffmanTable) -> str:
+    exact = next((c for c in table.codes if not c.extra_bits and c.value == value), None)
+    if exact is not None:
+        return exact.bits
+    fitting = [c for c in table.codes if c.extra_bits and -(1 << (c.extra_bits - 1)) <= value < 1 << (c.extra_bits - 1)]
+    escape = min(fitting, key=lambda c: len(c.bits) + c.extra_bits, default=None)
+    if escape is None:
+        raise ValueError(f"value {value} has no code in the Huffman table and fits no escape code")
+    return escape.bits + format(value & ((1 << escape.extra_bits) - 1), f"0{escape.extra_bits}b")
+
+
+def huffman_encode(values: Iterable[int], table: HuffmanTable) -> bytes:
+    """Values as one lead's bitstream: codes most significant bit first, the last byte padded with 0 bits."""
+    cache: dict[int, str] = {}
+    bits = "".join(cache.get(v) or cache.setdefault(v, _encode_value(v, table)) for v in map(int, values))
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big") if bits else b""
+
+
+def section2_body(table: HuffmanTable) -> bytes:
+    """Section 2 naming the default table (19999) or holding ``table`` as its only table."""
+    if table == DEFAULT_TABLE:
+        return struct.pack("<H", DEFAULT_TABLE_MARKER)
+    return struct.pack("<HH", 1, len(table.codes)) + b"".join(_code_structure(c) for c in table.codes)
+
+
+def _code_structure(code: HuffmanCode) -> bytes:
+    base_code = sum(1 << i for i, bit in enumerate(code.bits) if bit == "1")  # first transmitted bit in bit 0
+    return struct.pack("<BBBhI", len(code.bits), len(code.bits) + code.extra_bits, 1, code.value, base_code)
+
+
+def _section6(export: EcgExport, compression: ScpCompression) -> bytes:
+    counts = [differences(quantize(export.leads[lead], AVM_NV / 1000.0), compression.differences)
+              for lead in TWELVE_LEADS]
+    if compression.table is None:
+        data = [c.astype("<i2").tobytes() for c in counts]
+    else:
+        # each lead padded to whole 16-bit words, so the lead byte counts add up to the section length
+        data = [d + b"\x00" * (len(d) % 2) for d in (huffman_encode(c, compression.table) for c in counts)]
+    body = struct.pack("<HHBB", AVM_NV, int(round(1_000_000 / export.fs)), compression.differences, 0)
     body += b"".join(struct.pack("<H", len(d)) for d in data)
     return body + b"".join(data)
 
@@ -112,11 +179,23 @@ def _section8(export: EcgExport) -> bytes:
     return body
 
 
-def render_scpecg(export: EcgExport) -> bytes:
-    """The complete SCP-ECG record for one ECG."""
+def section_bodies(export: EcgExport, compression: ScpCompression = UNCOMPRESSED) -> dict[int, bytes]:
+    """Section id -> section body (without its 16-byte header) for one ECG; section 0 is built from them."""
     n = len(export.leads["I"])
-    bodies = {1: _section1(export), 3: _section3(n), 6: _section6(export), 7: _section7(export),
+    bodies = {1: _section1(export), 3: _section3(n), 6: _section6(export, compression), 7: _section7(export),
               8: _section8(export)}
+    if compression.table is not None:
+        bodies[2] = section2_body(compression.table)
+    return dict(sorted(bodies.items()))
+
+
+def render_scpecg(export: EcgExport, compression: ScpCompression = UNCOMPRESSED) -> bytes:
+    """The complete SCP-ECG record for one ECG."""
+    return render_record(section_bodies(export, compression))
+
+
+def render_record(bodies: dict[int, bytes]) -> bytes:
+    """Record CRC and length, section 0 pointing to every section, then the sections in id order."""
     sections = {sid: _section(sid, body) for sid, body in bodies.items()}
     pointer_ids = list(range(12))
     s0_len = 16 + 10 * len(pointer_ids)
