@@ -11,16 +11,24 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from cohort.dicom.codes import TWELVE_LEADS
 from cohort.ecg.readers.aecg import read_aecg
 from cohort.ecg.readers.dicom_ecg import read_dicom_ecg
 from cohort.ecg.readers.muse import read_muse
+from cohort.ecg.readers.scp_huffman import DEFAULT_TABLE, HuffmanCode, HuffmanTable
 from cohort.ecg.readers.scpecg import read_scpecg
 from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
 from cohort.synth.model import SyntheticPatient, generate_site
 from cohort.synth.profiles import PROFILES
-from cohort.synth.writers.ecg import write_ecg
-from cohort.synth.writers.scpecg import crc_ccitt
+from cohort.synth.writers.ecg import prepare_export, write_ecg
+from cohort.synth.writers.scpecg import (
+    ScpCompression,
+    crc_ccitt,
+    render_record,
+    section2_body,
+    section_bodies,
+)
 
 Reader = Callable[[Path], EcgRecord]
 
@@ -141,6 +149,96 @@ def scp_truncated(tmp: Path) -> Path:
     return path
 
 
+# --- SCP-ECG Huffman-coded rhythm data: a valid file of the SCP site, then one section body changed ---
+_SCP_LEADS = len(TWELVE_LEADS)
+# 0 and 1 in the table, everything else escapes to 16 bits; bits "111" are no code.
+_INCOMPLETE_TABLE = HuffmanTable((HuffmanCode("0", 0), HuffmanCode("10", 1), HuffmanCode("110", 0, extra_bits=16)))
+
+
+_CART_HUFFMAN = ScpCompression(DEFAULT_TABLE, 2)  # what most carts write: default table, second differences
+
+
+def _scp_huffman(tmp: Path, edit: Callable[[dict[int, bytes]], None],
+                 compression: ScpCompression = _CART_HUFFMAN) -> Path:
+    bodies = section_bodies(prepare_export(_patient(3), PROFILES[3], language="de"), compression)
+    edit(bodies)
+    path = tmp / "EKG_huffman.scp"
+    path.write_bytes(render_record(bodies))
+    return path
+
+
+def _split6(body: bytes) -> tuple[bytes, list[bytes]]:
+    """Section 6 body -> (its 6-byte header, the data of each lead)."""
+    counts = struct.unpack_from(f"<{_SCP_LEADS}H", body, 6)
+    data, at = [], 6 + 2 * _SCP_LEADS
+    for n in counts:
+        data.append(body[at:at + n])
+        at += n
+    return body[:6], data
+
+
+def _join6(header: bytes, data: list[bytes], counts: list[int] | None = None) -> bytes:
+    counts = [len(d) for d in data] if counts is None else counts
+    return header + struct.pack(f"<{_SCP_LEADS}H", *counts) + b"".join(data)
+
+
+def scp_huffman_truncated_lead(tmp: Path) -> Path:
+    def cut_v2(bodies: dict[int, bytes]) -> None:
+        header, data = _split6(bodies[6])
+        k = TWELVE_LEADS.index("V2")
+        data[k] = data[k][: len(data[k]) // 2]  # the byte count says so too: the bitstream itself is short
+        bodies[6] = _join6(header, data)
+    return _scp_huffman(tmp, cut_v2)
+
+
+def scp_huffman_code_not_in_table(tmp: Path) -> Path:
+    def junk_v4(bodies: dict[int, bytes]) -> None:
+        header, data = _split6(bodies[6])
+        k = TWELVE_LEADS.index("V4")
+        data[k] = b"\xff" * len(data[k])
+        bodies[6] = _join6(header, data)
+    return _scp_huffman(tmp, junk_v4, ScpCompression(_INCOMPLETE_TABLE, 1))
+
+
+def scp_huffman_lead_length_overrun(tmp: Path) -> Path:
+    def overrun_v6(bodies: dict[int, bytes]) -> None:
+        header, data = _split6(bodies[6])
+        counts = [len(d) for d in data]
+        counts[-1] += 1000  # V6 is the last lead: its count now reaches past the section
+        bodies[6] = _join6(header, data, counts)
+    return _scp_huffman(tmp, overrun_v6)
+
+
+def scp_section2_truncated_table(tmp: Path) -> Path:
+    def cut_table(bodies: dict[int, bytes]) -> None:
+        bodies[2] = section2_body(_INCOMPLETE_TABLE)[:20]
+    return _scp_huffman(tmp, cut_table, ScpCompression(_INCOMPLETE_TABLE, 1))
+
+
+def scp_section2_table_switch(tmp: Path) -> Path:
+    def switch(bodies: dict[int, bytes]) -> None:
+        # code "0" stands for 0; code "1" (table mode switch 0) switches to table 2
+        bodies[2] = struct.pack("<HH", 2, 2) + struct.pack("<BBBhI", 1, 1, 1, 0, 0) + \
+            struct.pack("<BBBhI", 1, 1, 0, 2, 1) + struct.pack("<H", 1) + struct.pack("<BBBhI", 1, 1, 1, 0, 0)
+    return _scp_huffman(tmp, switch)
+
+
+def scp_reference_beat_subtraction(tmp: Path) -> Path:
+    def flag(bodies: dict[int, bytes]) -> None:
+        s3 = bytearray(bodies[3])
+        s3[1] |= 0x01  # section 3 flags, bit 0: reference beat subtracted from the rhythm data
+        bodies[3] = bytes(s3)
+    return _scp_huffman(tmp, flag)
+
+
+def scp_bimodal_compression(tmp: Path) -> Path:
+    def bimodal(bodies: dict[int, bytes]) -> None:
+        s6 = bytearray(bodies[6])
+        s6[5] = 1  # section 6 header byte 6: bimodal compression used
+        bodies[6] = bytes(s6)
+    return _scp_huffman(tmp, bimodal)
+
+
 def dicom_without_patient_id(tmp: Path) -> Path:
     path = _dicom(tmp)
     ds = pydicom.dcmread(path)
@@ -187,6 +285,20 @@ CASES: list[tuple[str, Callable[[Path], Path], Reader, str, str]] = [
     ("scp-bad-file-crc", scp_bad_file_crc, read_scpecg, "record CRC", "corrupted"),
     ("scp-section-length-past-end", scp_section_length_past_end, read_scpecg, "section 8 length", "past the end"),
     ("scp-truncated", scp_truncated, read_scpecg, "record length", "truncated"),
+    ("scp-huffman-truncated-lead", scp_huffman_truncated_lead, read_scpecg, "section 6 lead V2",
+     "V2 (lead id 4): Huffman bitstream ends inside sample"),
+    ("scp-huffman-code-not-in-table", scp_huffman_code_not_in_table, read_scpecg, "section 6 lead V4",
+     "bits '111' at bit 0 (sample 1 of 5000) are not a code of the Huffman table"),
+    ("scp-huffman-lead-length-overrun", scp_huffman_lead_length_overrun, read_scpecg, "section 6 lead V6",
+     "bytes of data but only"),
+    ("scp-section2-truncated-table", scp_section2_truncated_table, read_scpecg, "section 2",
+     "section ends inside Huffman table 1 (3 code structures of 9 bytes need 27, 16 remain)"),
+    ("scp-section2-table-switch", scp_section2_table_switch, read_scpecg, "section 2",
+     "table switch code (table mode switch 0), which this reader does not support"),
+    ("scp-reference-beat-subtraction", scp_reference_beat_subtraction, read_scpecg,
+     "section 3 reference beat subtraction", "export the ECG without compression or as DICOM/aECG"),
+    ("scp-bimodal-compression", scp_bimodal_compression, read_scpecg, "section 6 bimodal compression",
+     "decimated"),
     ("dicom-without-patient-id", dicom_without_patient_id, read_dicom_ecg, "PatientID", "missing"),
     ("dicom-sampling-rate-100Hz", dicom_sampling_rate_out_of_range, read_dicom_ecg, "sampling_frequency",
      "200-1000"),
@@ -209,6 +321,11 @@ def test_bad_input_raises_input_error_naming_file_and_field(
 def test_good_inputs_pass_the_same_path(tmp_path: Path) -> None:
     """The cases above fail because of their damage, not because of the unmodified export."""
     for k, (make, reader) in enumerate(((_muse, read_muse), (_aecg, read_aecg), (_scp, read_scpecg),
-                                        (_dicom, read_dicom_ecg))):
+                                        (_scp_huffman_unchanged, read_scpecg), (_dicom, read_dicom_ecg))):
         path = make(tmp_path / str(k))
         reader(path).check(str(path))
+
+
+def _scp_huffman_unchanged(tmp: Path) -> Path:
+    tmp.mkdir(parents=True, exist_ok=True)
+    return _scp_huffman(tmp, lambda bodies: None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
@@ -15,6 +16,7 @@ from cohort.dicom.codes import TWELVE_LEADS
 from cohort.ecg.readers.scp_huffman import (
     DEFAULT_TABLE,
     HuffmanCode,
+    HuffmanError,
     HuffmanTable,
     decode_lead,
     parse_section2,
@@ -191,3 +193,23 @@ def test_pixelmed_decodes_the_synthetic_huffman_files_to_the_same_samples(tmp_pa
             assert np.array_equal(values, scale * counts[lead]), (path.name, lead)
         record = read_scpecg(path)
         assert all(np.array_equal(record.leads[lead], counts[lead] * UV_PER_COUNT) for lead in TWELVE_LEADS)
+
+
+def _section2(*codes: tuple[int, int, int, int, int]) -> bytes:
+    """One table of (prefix bits, entire bits, mode, base value, base code) structures."""
+    return struct.pack("<HH", 1, len(codes)) + b"".join(struct.pack("<BBBhI", *c) for c in codes)
+
+
+@pytest.mark.parametrize("body,words", [
+    (_section2((1, 1, 1, 0, 0), (2, 2, 1, 1, 0b10)), "code '0' is a prefix of code '01'"),
+    (_section2((1, 1, 1, 0, 0), (1, 9, 1, 5, 1)), "both original bits and a base value (5)"),
+    (_section2((1, 1, 1, 0, 0), (2, 2, 1, 1, 0b111)), "base code 0x7 has bits set beyond its 2 prefix bits"),
+    (_section2((1, 1, 1, 0, 0), (0, 0, 1, 1, 0)), "code structure 2 has 0 prefix bits"),
+    (_section2((1, 1, 1, 0, 0), (1, 1, 7, 1, 1)), "table mode switch 7"),
+    (struct.pack("<HH", 1, 0), "Huffman table 1 has no code structures"),
+    (struct.pack("<HH", 2, 1) + struct.pack("<BBBhI", 1, 1, 1, 0, 0), "section ends before Huffman table 2 of 2"),
+], ids=["ambiguous-prefix", "base-value-and-original-bits", "base-code-too-long", "no-prefix-bits",
+        "unknown-mode", "empty-table", "fewer-tables-than-announced"])
+def test_section2_tables_that_cannot_be_decoded_are_refused(body: bytes, words: str) -> None:
+    with pytest.raises(HuffmanError, match=re.escape(words)):
+        parse_section2(body)

@@ -20,6 +20,7 @@ import numpy as np
 from cohort.errors import CohortError
 
 __all__ = ["DEFAULT_TABLE_MARKER", "DEFAULT_TABLE", "HuffmanCode", "HuffmanTable", "HuffmanError",
+           "HuffmanUnsupportedError",
            "parse_section2", "decode_lead", "undo_differences"]
 
 DEFAULT_TABLE_MARKER = 19999  # Section 2 "number of tables" that selects the default table
@@ -28,7 +29,11 @@ _MAX_CODE_BITS = 32
 
 
 class HuffmanError(ValueError, CohortError):
-    """Section 2 or a lead's Huffman bitstream cannot be decoded; the reader adds file, section and lead."""
+    """Section 2 or a lead's Huffman bitstream is damaged; the reader adds file, section and lead."""
+
+
+class HuffmanUnsupportedError(HuffmanError):
+    """Section 2 is well formed but uses a feature this decoder does not implement."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ def _code(table: int, k: int, prefix_bits: int, total_bits: int, mode: int, base
           base_code: int) -> HuffmanCode:
     where = f"Huffman table {table} code structure {k}"
     if mode == 0:
-        raise HuffmanError(f"{where} is a table switch code (table mode switch 0), which this reader does "
+        raise HuffmanUnsupportedError(f"{where} is a table switch code (table mode switch 0), which this reader does "
                            "not support (readers disagree on how switch targets are numbered)")
     if mode != 1:
         raise HuffmanError(f"{where} has table mode switch {mode}; only 0 and 1 are defined")
@@ -110,7 +115,7 @@ def _code(table: int, k: int, prefix_bits: int, total_bits: int, mode: int, base
         raise HuffmanError(f"{where}: base code 0x{base_code:X} has bits set beyond its {prefix_bits} prefix bits")
     extra = total_bits - prefix_bits
     if extra and base_value:
-        raise HuffmanError(f"{where} carries both original bits and a base value ({base_value}); readers "
+        raise HuffmanUnsupportedError(f"{where} carries both original bits and a base value ({base_value}); readers "
                            "disagree on whether to add them, so it is not decoded")
     bits = "".join("1" if base_code >> i & 1 else "0" for i in range(prefix_bits))
     return HuffmanCode(bits, base_value, extra)

@@ -23,6 +23,7 @@ from cohort.ecg.readers import findings_from_statements, read_input_bytes
 from cohort.ecg.readers.scp_huffman import (
     HuffmanError,
     HuffmanTable,
+    HuffmanUnsupportedError,
     decode_lead,
     parse_section2,
     undo_differences,
@@ -168,9 +169,11 @@ def _huffman_table(path: Path, sections: dict[int, _Section]) -> HuffmanTable | 
         return None
     try:
         tables = parse_section2(sections[2].body)
+    except HuffmanUnsupportedError as exc:
+        raise InputError(f"{exc}; export the ECG uncompressed or as DICOM/aECG", path=str(path),
+                         field="section 2") from None
     except HuffmanError as exc:
-        raise InputError(f"{exc}; the file is damaged or uses a Huffman coding this reader does not decode: "
-                         "export the ECG uncompressed or as DICOM/aECG", path=str(path), field="section 2") from None
+        raise InputError(f"{exc}; the file is damaged: re-export it", path=str(path), field="section 2") from None
     return tables[0] if tables else None  # 0 tables: data stored as plain 16-bit samples
 
 
