@@ -6,27 +6,30 @@ with a readable message (the server turns it into a JSON error, the page shows i
 
 from __future__ import annotations
 
-import functools
 import json
+import logging
 import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pydantic
 import yaml
 
 from cohort.dashboard.charts import KIND_TITLES, ChartIndex
 from cohort.dashboard.state import Action, DashboardState, apply_action, spec_to_state, state_to_spec
+from cohort.dashboard.web import HttpError
 from cohort.errors import CohortError
 from cohort.index.compile_duck import compile_spec, evaluate
-from cohort.index.duck import INDEX_FILE, DuckIndex
+from cohort.index.publish import IndexVersion, SnapshotIndex, index_version
 from cohort.results import CohortCounts
 from cohort.spec.load import load_spec, parse_spec, spec_to_yaml
 from cohort.spec.model import CohortSpec, Label
@@ -37,14 +40,11 @@ SAVE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 EXPORTS_DIR = "exports"
 # The mission's outcome; the starting page shows its balance when the store's templates define it.
 DEFAULT_LABEL_TEMPLATE, DEFAULT_LABEL_FIELD = "procedures", "pacemaker_after_tavi"
+log = logging.getLogger(__name__)
 
 
-class ApiError(CohortError):
+class ApiError(HttpError):
     """A request the dashboard cannot serve; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _parse_model(model: type[pydantic.BaseModel], data: Any, what: str) -> Any:
@@ -57,14 +57,8 @@ def _parse_model(model: type[pydantic.BaseModel], data: Any, what: str) -> Any:
 
 
 CACHE_SIZE = 64
-
-
-class _ServingIndex(DuckIndex):
-    """A read-only index whose catalog is read once (template configs cannot change while serving)."""
-
-    @functools.cached_property
-    def catalog(self) -> dict[str, Any]:  # type: ignore[override]
-        return super().catalog
+MAX_LANES = 4  # requests computed at once per index version (more wait for a free connection pair)
+WATCH_INTERVAL_S = 1.0
 
 
 def _trim(cache: OrderedDict[str, Any]) -> None:
@@ -72,11 +66,117 @@ def _trim(cache: OrderedDict[str, Any]) -> None:
         cache.popitem(last=False)
 
 
-class Dashboard:
-    """One store's dashboard: a read-only index connection, its catalog and chart definitions.
+class _Lane:
+    """A connection pair of one snapshot for one request at a time: counts and charts side by side."""
 
-    DuckDB connections are not safe to share between threads, so requests run one at a time (the
-    dashboard is a local, single-user tool; an update takes milliseconds).
+    def __init__(self, snap: Snapshot) -> None:
+        assert snap.index is not None
+        self.index = snap.index.cursor()
+        self.charts = snap.chart_index.on(snap.index.cursor().con) if snap.chart_index is not None else None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-charts")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        if self.charts is not None:
+            self.charts.con.close()
+        self.index.close()
+
+
+class Snapshot:
+    """One published version of the store's index as the dashboard serves it.
+
+    Everything a response reads comes from one snapshot (counts, charts, catalog), so a response is
+    all old or all new data. Results are cached per spec (counts) and per cohort (charts): a
+    snapshot never changes. Requests run on up to ``MAX_LANES`` connection pairs at once.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.version: IndexVersion | None = index_version(store)
+        self.index: SnapshotIndex | None = None
+        self.present: list[tuple[str, str | None]] = []
+        self.chart_index: ChartIndex | None = None
+        self.patients = 0
+        self._counts: OrderedDict[str, CohortCounts] = OrderedDict()
+        self._charts_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._lanes: list[_Lane] = []
+        self._free: list[_Lane] = []
+        self._lane_cond = threading.Condition()
+        self.users = 0  # requests using this snapshot now (Dashboard counts them)
+        self.retired = False
+        if self.version is None:
+            from cohort.index.catalog import field_catalog
+
+            self.catalog = field_catalog()
+            return
+        self.index = SnapshotIndex.open(store)
+        self.version = index_version(store) if self.index.version != self.version.number else self.version
+        self.catalog = self.index.catalog
+        con = self.index.con
+        self.present = [(k, t) for k, t in con.execute(
+            "SELECT DISTINCT kind, template FROM entities ORDER BY kind, template NULLS FIRST").fetchall()]
+        row = con.execute("SELECT count(DISTINCT patient_id) FROM entities").fetchone()
+        self.patients = int(row[0]) if row else 0
+        if self.present:
+            self.chart_index = ChartIndex.build(self.index.cursor().con, self.catalog)
+
+    @property
+    def token(self) -> str | None:
+        """The index version this snapshot serves (changes with every published ingest or reindex)."""
+        return self.version.token if self.version is not None else None
+
+    @contextmanager
+    def lane(self) -> Iterator[_Lane]:
+        """A free connection pair (a new one while fewer than MAX_LANES exist, else wait for one)."""
+        with self._lane_cond:
+            while not self._free and len(self._lanes) >= MAX_LANES:
+                self._lane_cond.wait()
+            if self._free:
+                lane = self._free.pop()
+            else:
+                lane = _Lane(self)
+                self._lanes.append(lane)
+        try:
+            yield lane
+        finally:
+            with self._lane_cond:
+                self._free.append(lane)
+                self._lane_cond.notify()
+
+    def cached(self, cache: OrderedDict[str, Any], key: str, compute: Any) -> Any:
+        """``cache[key]``, computed by ``compute()`` outside the lock when missing."""
+        with self._cache_lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = compute()
+        with self._cache_lock:
+            cache[key] = value
+            _trim(cache)
+        return value
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._counts.clear()
+            self._charts_cache.clear()
+
+    def close(self) -> None:
+        for lane in self._lanes:
+            lane.close()
+        self._lanes, self._free = [], []
+        if self.chart_index is not None:
+            self.chart_index.con.close()
+        if self.index is not None:
+            self.index.close()
+
+
+class Dashboard:
+    """One store's dashboard: the snapshot of its current index version, and every page operation.
+
+    Several users can query at once. When an ingest or reindex publishes a new index version
+    (``cohort.index.publish``), ``poll`` (the server calls it every second) opens it next to the
+    old one, then swaps: requests already running finish on the old snapshot, new ones get the new
+    one, and the page (which sees the version change) offers to refresh its counts.
     """
 
     def __init__(self, store: str | Path, *, configs_dir: str | Path | None = None) -> None:
@@ -85,78 +185,162 @@ class Dashboard:
             raise ApiError(f"store folder {self.store} does not exist; pass --store with the folder "
                            "'cohort ingest' wrote")
         self.configs_dir = Path(configs_dir) if configs_dir is not None else Path.cwd() / "configs" / "cohort"
-        self.lock = threading.Lock()
-        self.index: DuckIndex | None = None
-        self.present: list[tuple[str, str | None]] = []
-        self.chart_index: ChartIndex | None = None
-        self.patients = 0
-        # Results per spec (counts) and per cohort (charts): the index is read-only while serving.
-        self._counts: OrderedDict[str, CohortCounts] = OrderedDict()
-        self._charts_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        if (self.store / INDEX_FILE).is_file():
-            self.index = _ServingIndex(self.store / INDEX_FILE, read_only=True)
-            self.catalog = self.index.catalog
-            con = self.index.con
-            self.present = [(k, t) for k, t in con.execute(
-                "SELECT DISTINCT kind, template FROM entities ORDER BY kind, template NULLS FIRST").fetchall()]
-            row = con.execute("SELECT count(DISTINCT patient_id) FROM entities").fetchone()
-            self.patients = int(row[0]) if row else 0
-            if self.present:  # charts run on a connection of their own, next to evaluate() on the index's
-                self.chart_index = ChartIndex.build(con.cursor(), self.catalog)
-        else:
-            from cohort.index.catalog import field_catalog
+        self.lock = threading.Lock()  # exports one at a time
+        self._swap = threading.Lock()
+        self._loading = threading.Lock()
+        self._snapshot = Snapshot(self.store)
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.load_error: str | None = None
 
-            self.catalog = field_catalog()
+    # --- the served snapshot ------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot new requests use."""
+        return self._snapshot
+
+    @property
+    def index(self) -> SnapshotIndex | None:
+        """The current snapshot's index (tests and benchmarks read it; requests use their own cursors)."""
+        return self._snapshot.index
+
+    @property
+    def catalog(self) -> dict[str, Any]:
+        return self._snapshot.catalog
+
+    @property
+    def present(self) -> list[tuple[str, str | None]]:
+        return self._snapshot.present
+
+    @property
+    def patients(self) -> int:
+        return self._snapshot.patients
+
+    @property
+    def chart_index(self) -> ChartIndex | None:
+        return self._snapshot.chart_index
 
     @property
     def charts(self) -> list[Any]:
         """The store's chart definitions (empty without an index)."""
         return self.chart_index.charts if self.chart_index is not None else []
 
+    @contextmanager
+    def _use(self) -> Iterator[Snapshot]:
+        with self._swap:
+            snap = self._snapshot
+            snap.users += 1
+        try:
+            yield snap
+        finally:
+            with self._swap:
+                snap.users -= 1
+                done = snap.retired and snap.users == 0
+            if done:
+                snap.close()
+
+    def poll(self) -> bool:
+        """Serve the store's newest published index if it changed; True when it swapped."""
+        current = index_version(self.store)
+        if current == self._snapshot.version or not self._loading.acquire(blocking=False):
+            return False
+        try:
+            if current == self._snapshot.version:
+                return False
+            try:
+                fresh = Snapshot(self.store)
+            except (CohortError, duckdb.Error) as err:  # e.g. an index of an older version being upgraded
+                self.load_error = f"cannot open the new index yet: {err}"
+                log.warning("dashboard: %s", self.load_error)
+                return False
+            self.load_error = None
+            with self._swap:
+                old, self._snapshot = self._snapshot, fresh
+                old.retired = True
+                idle = old.users == 0
+            if idle:
+                old.close()
+            log.info("dashboard: serving index version %s (%d patients)", fresh.token, fresh.patients)
+            return True
+        finally:
+            self._loading.release()
+
+    def watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """Poll for new index versions in a background thread until ``close``."""
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.poll()
+                except Exception:  # noqa: BLE001 - keep serving the old version; the log says why
+                    log.exception("dashboard: checking for a new index failed")
+
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=loop, name="dashboard-index-watch", daemon=True)
+            self._watcher.start()
+
+    def version(self) -> dict[str, Any]:
+        """The index version served now (the page compares it with the one its counts came from)."""
+        snap = self._snapshot
+        v = snap.version
+        return {"version": snap.token, "number": v.number if v else None, "published": v.published if v else None,
+                "patients": snap.patients, "loading": self._loading.locked(), "error": self.load_error}
+
     def clear_cache(self) -> None:
         """Forget cached counts and charts (benchmarks measure uncached updates)."""
-        self._counts.clear()
-        self._charts_cache.clear()
+        self._snapshot.clear_cache()
 
     def close(self) -> None:
-        """Close the index connections."""
-        if self.chart_index is not None:
-            self.chart_index.con.close()
-        if self.index is not None:
-            self.index.close()
+        """Stop watching and close the index connections."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        with self._swap:
+            snap = self._snapshot
+            snap.retired = True
+            idle = snap.users == 0
+        if idle:
+            snap.close()
 
     # --- reading ------------------------------------------------------------------------------------
-    def _require_index(self) -> DuckIndex:
-        if self.index is None or not self.present:
+    def _require_index(self, snap: Snapshot) -> SnapshotIndex:
+        if snap.index is None or not snap.present:
             raise ApiError(f"the store {self.store} has no indexed objects yet; run "
-                           f"'cohort ingest RAW_DIR --store {self.store}' and restart 'cohort serve'", 409)
-        return self.index
+                           f"'cohort ingest RAW_DIR --store {self.store}': the page picks the new index up "
+                           "when it is done", 409)
+        return snap.index
 
     def fields(self) -> dict[str, Any]:
         """The catalog grouped by object kind (and SR template), with which fields have charts."""
-        charted = {(c.kind, c.template, c.field): c for c in self.charts}
-        groups = []
-        for kind, template in self.present:
-            fields = []
-            for name, info in sorted(self.catalog.items()):
-                if not info.available_for(kind, template):
-                    continue
-                chart = charted.get((kind, template or "", name))
-                fields.append({"name": name, "value_type": info.value_type, "unit": info.unit or "",
-                               "description": info.description, "operators": list(info.operators),
-                               "aliases": sorted({a for a, _ in info.aliases}),
-                               "chart": chart.type if chart else None})
-            title = f"SR: {template}" if template else KIND_TITLES.get(kind, kind)
-            groups.append({"kind": kind, "template": template, "title": title, "fields": fields})
-        return {"store": str(self.store), "patients": self.patients, "objects": groups,
-                "message": None if self.present else
-                f"the store {self.store} has no indexed objects; run 'cohort ingest' first"}
+        with self._use() as snap:
+            charted = {(c.kind, c.template, c.field): c
+                       for c in (snap.chart_index.charts if snap.chart_index is not None else [])}
+            groups = []
+            for kind, template in snap.present:
+                fields = []
+                for name, info in sorted(snap.catalog.items()):
+                    if not info.available_for(kind, template):
+                        continue
+                    chart = charted.get((kind, template or "", name))
+                    fields.append({"name": name, "value_type": info.value_type, "unit": info.unit or "",
+                                   "description": info.description, "operators": list(info.operators),
+                                   "aliases": sorted({a for a, _ in info.aliases}),
+                                   "chart": chart.type if chart else None})
+                title = f"SR: {template}" if template else KIND_TITLES.get(kind, kind)
+                groups.append({"kind": kind, "template": template, "title": title, "fields": fields})
+            return {"store": str(self.store), "patients": snap.patients, "objects": groups,
+                    "index_version": snap.token,
+                    "message": None if snap.present else
+                    f"the store {self.store} has no indexed objects; run 'cohort ingest' first"}
 
     def initial_state(self) -> DashboardState:
         """The starting page: no filter, and the mission's label when the store can express it."""
-        info = self.catalog.get(DEFAULT_LABEL_FIELD)
+        return self._initial_state(self._snapshot)
+
+    @staticmethod
+    def _initial_state(snap: Snapshot) -> DashboardState:
+        info = snap.catalog.get(DEFAULT_LABEL_FIELD)
         if info is None or not info.available_for("SR", DEFAULT_LABEL_TEMPLATE) or \
-                ("SR", DEFAULT_LABEL_TEMPLATE) not in self.present:
+                ("SR", DEFAULT_LABEL_TEMPLATE) not in snap.present:
             return DashboardState()
         outcome = {"kind": "SR", "template": DEFAULT_LABEL_TEMPLATE,
                    "where": [{"field": DEFAULT_LABEL_FIELD, "op": "exists"}]}
@@ -165,37 +349,44 @@ class Dashboard:
             "label": Label(object="outcome", field=DEFAULT_LABEL_FIELD, positive=[True], negative=[False]),
             "subsets": {"labelled": "outcome"}})
 
+    def initial(self) -> dict[str, Any]:
+        """The starting page with its counts and charts (one snapshot for both)."""
+        with self._use() as snap:
+            return self._result(snap, self._initial_state(snap))
+
     # --- the update -----------------------------------------------------------------------------------
     def query(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Counts, charts, spec (YAML and text) for ``payload``: ``{state, action?}`` or ``{spec}``."""
-        if "spec" in payload and payload["spec"] is not None:
-            spec = self._spec_from_dict(payload["spec"])
-            return self.result_for_spec(spec)
-        state = _parse_model(DashboardState, payload.get("state") or {}, "dashboard state")
-        if payload.get("action"):
-            action = _parse_model(Action, payload["action"], "action")
-            try:
-                state = apply_action(state, action)
-            except CohortError as err:
-                raise ApiError(str(err)) from None
-        return self._result(state)
+        with self._use() as snap:
+            if "spec" in payload and payload["spec"] is not None:
+                return self._result(snap, spec_to_state(self._spec_from_dict(snap, payload["spec"])))
+            state = _parse_model(DashboardState, payload.get("state") or {}, "dashboard state")
+            if payload.get("action"):
+                action = _parse_model(Action, payload["action"], "action")
+                try:
+                    state = apply_action(state, action)
+                except CohortError as err:
+                    raise ApiError(str(err)) from None
+            return self._result(snap, state)
 
-    def _spec_from_dict(self, data: Any) -> CohortSpec:
+    @staticmethod
+    def _spec_from_dict(snap: Snapshot, data: Any) -> CohortSpec:
         if not isinstance(data, Mapping):
             raise ApiError("'spec' must be a cohort spec object (objects, cohort, ...)")
         try:
-            return parse_spec(data, catalog=self.catalog)
+            return parse_spec(data, catalog=snap.catalog)
         except CohortError as err:
             raise ApiError(str(err)) from None
 
     def result_for_spec(self, spec: CohortSpec) -> dict[str, Any]:
         """Load ``spec`` into the page: its state, counts and charts."""
-        return self._result(spec_to_state(spec))
+        with self._use() as snap:
+            return self._result(snap, spec_to_state(spec))
 
-    def _result(self, state: DashboardState) -> dict[str, Any]:
-        index = self._require_index()
+    def _result(self, snap: Snapshot, state: DashboardState) -> dict[str, Any]:
+        self._require_index(snap)
         try:
-            spec, notices = state_to_spec(state, self.present, catalog=self.catalog)
+            spec, notices = state_to_spec(state, snap.present, catalog=snap.catalog)
         except CohortError as err:
             raise ApiError(str(err)) from None
         t0 = time.perf_counter()
@@ -208,13 +399,12 @@ class Dashboard:
             finally:
                 timings[name] = round((time.perf_counter() - start) * 1000, 1)
 
-        with self.lock:
+        with snap.lane() as lane:
             try:
-                # Counts and charts on two connections at once: DuckDB runs them side by side.
-                with ThreadPoolExecutor(max_workers=1) as pool:
-                    charts_job = pool.submit(timed, "charts_ms", self._charts, index, spec, state)
-                    counts = timed("counts_ms", self._evaluate, index, spec)
-                    charts = charts_job.result()
+                # Counts and charts on the lane's two connections at once: DuckDB runs them side by side.
+                charts_job = lane.pool.submit(timed, "charts_ms", self._charts, snap, lane, spec, state)
+                counts = timed("counts_ms", self._evaluate, snap, lane, spec)
+                charts = charts_job.result()
             except CohortError as err:
                 raise ApiError(str(err)) from None
         elapsed = (time.perf_counter() - t0) * 1000
@@ -222,19 +412,19 @@ class Dashboard:
         return {"state": spec_to_state(spec).model_dump(mode="json"),
                 "spec": spec.to_dict(), "yaml": spec_to_yaml(spec), "text": spec_to_text(spec),
                 "counts": counts.to_json(), "notices": notices, "elapsed_ms": round(elapsed, 1),
-                "timings": timings, **charts}
+                "timings": timings, "index_version": snap.token, "patients_indexed": snap.patients, **charts}
 
-    def _evaluate(self, index: DuckIndex, spec: CohortSpec) -> CohortCounts:
+    @staticmethod
+    def _evaluate(snap: Snapshot, lane: _Lane, spec: CohortSpec) -> CohortCounts:
         key = json.dumps(spec.to_dict(), sort_keys=True)
-        if key not in self._counts:
-            self._counts[key] = evaluate(index, spec)
-            _trim(self._counts)
-        self._counts.move_to_end(key)
-        return self._counts[key]
+        counts: CohortCounts = snap.cached(snap._counts, key, lambda: evaluate(lane.index, spec))
+        return counts
 
-    def _charts(self, index: DuckIndex, spec: CohortSpec, state: DashboardState) -> dict[str, Any]:
+    @staticmethod
+    def _charts(snap: Snapshot, lane: _Lane, spec: CohortSpec, state: DashboardState) -> dict[str, Any]:
         """Chart bars for the cohort of ``spec``; charts do not depend on label, subsets or name."""
-        assert self.chart_index is not None
+        charts = lane.charts
+        assert charts is not None
         matched_groups: dict[tuple[str, str], str] = {}
         for group in state.groups:
             key = (group.kind, group.template or "")
@@ -243,13 +433,14 @@ class Dashboard:
         cohort_part = spec.model_copy(update={"name": "cohort", "description": "", "label": None, "subsets": {},
                                               "distributions": []})
         cache_key = json.dumps([cohort_part.to_dict(), sorted(matched_groups.items())], sort_keys=True)
-        if cache_key not in self._charts_cache:
-            query = compile_spec(cohort_part, index, prefix=f"_dash{uuid.uuid4().hex[:8]}_")
+
+        def compute() -> dict[str, Any]:
+            query = compile_spec(cohort_part, lane.index, prefix=f"_dash{uuid.uuid4().hex[:8]}_")
             matched = {k: query.objects[name] for k, name in matched_groups.items() if name in query.objects}
-            self._charts_cache[cache_key] = self.chart_index.compute(query, matched, self.catalog)
-            _trim(self._charts_cache)
-        self._charts_cache.move_to_end(cache_key)
-        return self._charts_cache[cache_key]
+            return charts.compute(query, matched, snap.catalog)
+
+        result: dict[str, Any] = snap.cached(snap._charts_cache, cache_key, compute)
+        return result
 
     # --- loading specs --------------------------------------------------------------------------------
     def load_source(self, source: str) -> dict[str, Any]:
@@ -261,19 +452,20 @@ class Dashboard:
             data = yaml.safe_load(source)
         except yaml.YAMLError:
             data = None
-        try:
-            if isinstance(data, Mapping) and ({"objects", "cohort"} & set(data)):
-                if "defaults" in data:
-                    raise ApiError("this YAML uses Hydra 'defaults'; save it under configs/cohort and open it "
-                                   "from the list of saved specs, which composes it")
-                spec = parse_spec(data, catalog=self.catalog)
-            else:
-                spec = parse_text(source, catalog=self.catalog)
-        except ApiError:
-            raise
-        except CohortError as err:
-            raise ApiError(str(err)) from None
-        return self.result_for_spec(spec)
+        with self._use() as snap:
+            try:
+                if isinstance(data, Mapping) and ({"objects", "cohort"} & set(data)):
+                    if "defaults" in data:
+                        raise ApiError("this YAML uses Hydra 'defaults'; save it under configs/cohort and open "
+                                       "it from the list of saved specs, which composes it")
+                    spec = parse_spec(data, catalog=snap.catalog)
+                else:
+                    spec = parse_text(source, catalog=snap.catalog)
+            except ApiError:
+                raise
+            except CohortError as err:
+                raise ApiError(str(err)) from None
+            return self._result(snap, spec_to_state(spec))
 
     def saved_specs(self) -> list[str]:
         """Names of the spec files in the configs folder."""
@@ -289,20 +481,22 @@ class Dashboard:
         if not path.is_file():
             raise ApiError(f"no spec {name!r} in {self.configs_dir}; saved specs: "
                            f"{', '.join(self.saved_specs()) or 'none'}", 404)
-        try:
-            spec = load_spec(path, catalog=self.catalog, search_paths=(self.configs_dir,))
-        except CohortError as err:
-            raise ApiError(str(err)) from None
-        return self.result_for_spec(spec)
+        with self._use() as snap:
+            try:
+                spec = load_spec(path, catalog=snap.catalog, search_paths=(self.configs_dir,))
+            except CohortError as err:
+                raise ApiError(str(err)) from None
+            return self._result(snap, spec_to_state(spec))
 
     def spec_of(self, payload: Mapping[str, Any]) -> CohortSpec:
         """The spec of ``{state}`` (what the page shows)."""
         state = _parse_model(DashboardState, payload.get("state") or {}, "dashboard state")
-        self._require_index()
-        try:
-            return state_to_spec(state, self.present, catalog=self.catalog)[0]
-        except CohortError as err:
-            raise ApiError(str(err)) from None
+        with self._use() as snap:
+            self._require_index(snap)
+            try:
+                return state_to_spec(state, snap.present, catalog=snap.catalog)[0]
+            except CohortError as err:
+                raise ApiError(str(err)) from None
 
     # --- writing --------------------------------------------------------------------------------------
     def save(self, payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Which charts exist, and their bins, is decided once per store (``ChartIndex.build``): a chart per
 (object kind, SR template, field) that has values in the index, numeric bins from the store-wide
 range so bars stay put while the cohort changes. Because bins and categories are fixed, every value
-of every charted field is mapped to its (chart, bar) once, into one integer table::
+of every charted field is mapped to its (chart, bar) once, into one integer table (shared by every
+connection of the snapshot, see ``cohort.index.publish.SnapshotIndex``)::
 
     _dash_values(entity_id, chart, bar)      _dash_entities(entity_id, pnum, kind, template)
 
@@ -39,8 +40,10 @@ SHOWN_CATEGORIES = 30  # bars per category chart; the rest is summed into one "o
 TARGET_BINS = 12
 STEP_CACHE = 200  # compiled-spec steps kept as temp tables between updates
 OBJECTS_CHART = "objects"  # the chart of patients per object kind / SR template
-_T = {"values": "_dash_values", "pvalues": "_dash_pvalues", "entities": "_dash_entities",
-      "patients": "_dash_patients", "keys": "_dash_keys", "charts": "_dash_charts"}
+# The shared value tables live in the snapshot's own in-memory database (cohort.index.publish), so
+# every cursor (one per concurrent request) reads the same tables; per-update steps are temporary.
+_OWN = "memory.main."
+_T = {name: f"{_OWN}_dash_{name}" for name in ("values", "pvalues", "entities", "patients", "keys", "charts")}
 _SEGMENT_COLUMNS: dict[str, tuple[str, str | None, str | None]] = {
     # field -> (value column, scheme column, meaning column)
     "segment_label": ("label", None, None),
@@ -169,14 +172,19 @@ def _raw_categories_sql() -> str:
         key = f"g.{col} || ' ' || g.{scheme}" if scheme else f"CAST(g.{col} AS VARCHAR)"
         parts.append(f"SELECT g.entity_id, c.num, {key}, {f'g.{meaning}' if meaning else key} FROM segments g "
                      f"JOIN _dash_charts c ON c.kind = 'SEG' AND c.field = {lit(name)} WHERE g.{col} IS NOT NULL")
-    return " UNION ALL ".join(parts)
+    return _qualified(" UNION ALL ".join(parts))
+
+
+def _qualified(sql: str) -> str:
+    """Name the shared tables by their catalog (the SQL above reads better with the plain names)."""
+    return re.sub(r"\b_dash_(entities|charts)\b", lambda m: _T[m.group(1)], sql)
 
 
 def _raw_numbers_sql() -> str:
     """(entity_id, chart, x) of every histogram's values (dates as years)."""
     image = ", ".join(lit(k) for k in IMAGE_KINDS)
     join = "JOIN _dash_charts c ON c.kind = e.kind AND c.template = e.template"
-    return " UNION ALL ".join([
+    return _qualified(" UNION ALL ".join([
         f"SELECT e.entity_id, c.num AS chart, CAST(year(x.entity_date) AS DOUBLE) AS x FROM entities x "
         f"JOIN _dash_entities e USING (entity_id) {join} AND c.field = 'date' WHERE x.entity_date IS NOT NULL",
         f"SELECT e.entity_id, c.num, CAST(x.n_instances AS DOUBLE) FROM entities x JOIN _dash_entities e "
@@ -187,7 +195,7 @@ def _raw_numbers_sql() -> str:
         f"ELSE i.num END FROM items i JOIN _dash_entities e USING (entity_id) {join} AND c.field = i.field "
         f"AND c.type = 'histogram' WHERE (c.value_type = 'date' AND i.date IS NOT NULL) "
         f"OR (c.value_type <> 'date' AND i.num IS NOT NULL)",
-    ])
+    ]))
 
 
 @dataclass
@@ -197,7 +205,11 @@ class _Key:
 
 
 class ChartIndex:
-    """The charts of one store and their precomputed value table (temporary tables of ``con``)."""
+    """The charts of one store and their precomputed value tables (in the snapshot's own database).
+
+    ``con`` runs the updates and holds their step tables; ``on(cursor)`` is the same chart index
+    for another connection (another request running at the same time), with its own step tables.
+    """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, charts: list[ChartDef],
                  present: list[tuple[str, str]], keys: dict[int, dict[int, _Key]]) -> None:
@@ -211,13 +223,13 @@ class ChartIndex:
     def build(cls, con: duckdb.DuckDBPyConnection, catalog: Mapping[str, FieldInfo]) -> ChartIndex:
         """Discover the charts and fill the temporary tables (seconds at 100k patients, once)."""
         charts = _discover(con, catalog)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_T['patients']} AS SELECT patient_id, "
+        con.execute(f"CREATE OR REPLACE TABLE {_T['patients']} AS SELECT patient_id, "
                     f"CAST(row_number() OVER (ORDER BY patient_id) AS INTEGER) AS pnum "
                     f"FROM (SELECT DISTINCT patient_id FROM entities)")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_T['entities']} AS SELECT e.entity_id, p.pnum, e.kind, "
+        con.execute(f"CREATE OR REPLACE TABLE {_T['entities']} AS SELECT e.entity_id, p.pnum, e.kind, "
                     f"coalesce(e.template, '') AS template FROM entities e JOIN {_T['patients']} p USING (patient_id) "
                     f"ORDER BY e.entity_id")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_T['charts']} (num INTEGER, kind VARCHAR, template VARCHAR, "
+        con.execute(f"CREATE OR REPLACE TABLE {_T['charts']} (num INTEGER, kind VARCHAR, template VARCHAR, "
                     f"field VARCHAR, type VARCHAR, value_type VARCHAR, how VARCHAR, lo DOUBLE, step DOUBLE, n INTEGER)")
         if charts:
             con.executemany(f"INSERT INTO {_T['charts']} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -226,7 +238,7 @@ class ChartIndex:
         present = [(k, t) for k, t in con.execute(
             f"SELECT DISTINCT kind, template FROM {_T['entities']} ORDER BY kind, template").fetchall()]
         con.execute(f"CREATE OR REPLACE TEMP TABLE _dash_raw AS {_raw_categories_sql()}")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_T['keys']} AS SELECT chart, raw, any_value(label) AS label, "
+        con.execute(f"CREATE OR REPLACE TABLE {_T['keys']} AS SELECT chart, raw, any_value(label) AS label, "
                     f"CAST(row_number() OVER (PARTITION BY chart ORDER BY raw) AS INTEGER) AS bar "
                     f"FROM _dash_raw GROUP BY chart, raw")
         objects_case = " ".join(f"WHEN e.kind = {lit(k)} AND e.template = {lit(t)} THEN {i}"
@@ -242,9 +254,9 @@ class ChartIndex:
             )""")
         # Entity level (for kinds a group restricts to its matched entities) and patient level (the
         # rest: a patient counts once per bar, so count(*) replaces count(DISTINCT ...)).
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_T['values']} AS SELECT b.entity_id, e.pnum, b.chart, b.bar "
+        con.execute(f"CREATE OR REPLACE TABLE {_T['values']} AS SELECT b.entity_id, e.pnum, b.chart, b.bar "
                     f"FROM _dash_ebars b JOIN {_T['entities']} e USING (entity_id) ORDER BY b.chart, b.entity_id")
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {_T['pvalues']} AS SELECT DISTINCT pnum, chart, bar "
+        con.execute(f"CREATE OR REPLACE TABLE {_T['pvalues']} AS SELECT DISTINCT pnum, chart, bar "
                     f"FROM {_T['values']} ORDER BY pnum")
         con.execute("DROP TABLE _dash_raw")
         con.execute("DROP TABLE _dash_ebars")
@@ -252,6 +264,10 @@ class ChartIndex:
         for chart, raw, label, bar in con.execute(f"SELECT chart, raw, label, bar FROM {_T['keys']}").fetchall():
             keys.setdefault(int(chart), {})[int(bar)] = _Key(str(raw), str(label if label is not None else raw))
         return cls(con, charts, present, keys)
+
+    def on(self, con: duckdb.DuckDBPyConnection) -> ChartIndex:
+        """These charts, updated on ``con`` (a cursor of the same database)."""
+        return ChartIndex(con, self.charts, self.present, self.keys)
 
     # --- per update ---------------------------------------------------------------------------------
     def materialize(self, query: CompiledQuery, roots: Sequence[str]) -> dict[str, str]:

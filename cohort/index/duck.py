@@ -551,7 +551,9 @@ def _queue_entity(batch: _Batch, eid: int, ex: Extracted, path: str) -> None:
 
 def reindex(store: str | Path, progress: Progress | None = None) -> int:
     """Rebuild the SR items of ``store``'s index from its files (after template configs changed)."""
-    with DuckIndex.for_store(store) as index:
+    from cohort.index.publish import update_index  # publish builds on this module
+
+    with update_index(store, publish_unchanged=True) as index:
         return index.reindex(progress)
 
 

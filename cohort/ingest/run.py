@@ -24,11 +24,11 @@ def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress:
     run = IngestRun(Path(raw_dir), store, site, converters, progress)
     report = run.run()
     if index:
-        from cohort.index.duck import DuckIndex
+        from cohort.index.publish import update_index
 
         t0 = time.perf_counter()
         index_progress = (lambda done, total: progress("indexing", done, total)) if progress else None
-        with DuckIndex.for_store(store.root) as idx:
+        with update_index(store.root) as idx:  # readers see the old or the new index, never a mix
             added = idx.add_files(list(store.files()), progress=index_progress)
             idx.optimize()  # re-sorts for fast queries once enough rows were appended
         report.indexed_files = added.indexed
