@@ -2,9 +2,14 @@
 
 Writes ``OUT/datalist.json`` (a MONAI datalist: one entry per patient with the CT volume as NIfTI,
 the 12-lead ECG as a float32 (12, N) array in mV at 500 Hz, the tabular features of
-``cohort.export.tabular`` with units, and the label), the arrays it points to, and
-``OUT/manifest.json`` with the spec, the matched object UIDs per patient and the cohort hash
-(SHA-256 over the spec and the matched UIDs): same inputs, same hash.
+``cohort.export.tabular`` with units, the label, and ``sources``: the UID feeding each input), the
+arrays it points to, and ``OUT/manifest.json`` with the spec, the matched object UIDs per patient,
+the chosen object of each input and the cohort hash (SHA-256 over the spec, the matched UIDs and the
+chosen ones): same inputs, same hash.
+
+Which object feeds which input is ``cohort.export.selection``'s rule (only objects the spec's
+conditions select, closest to the index event); ``cohort.export.guard`` refuses the export, before
+anything is written, when an input is dated after the label's index event. docs/export.md.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ from typing import Any
 
 from cohort.export.ct import write_ct_nifti
 from cohort.export.ecg import EXPORT_SAMPLING_RATE, EXPORT_SECONDS, write_ecg_npy
-from cohort.export.selection import PatientSelection, select_patients
+from cohort.export.guard import check_post_index
+from cohort.export.selection import ModelInput, PatientSelection, SourceConditions, select_patients
 from cohort.export.tabular import TABULAR_FEATURES, tabular_values
 from cohort.index.duck import DuckIndex
 from cohort.spec.model import CohortSpec
 
 ProgressCallback = Callable[[str, int, int], None]
 DATALIST_VERSION = 1
+# The selection rules' version, part of the export key and the cohort hash, so an export made under
+# other rules is never reused. 1: the latest object of a kind stood in for a missing one; 2: only the
+# objects the spec selects, closest to the index event, and the post-index guard.
+SELECTION_RULES = 2
 
 
 @dataclass(frozen=True)
@@ -40,33 +50,47 @@ class ExportResult:
 
 def export_key(spec: CohortSpec, subset: str | None) -> str:
     """A short key of (spec, subset), used to cache exports inside a store."""
-    text = json.dumps({"spec": spec.to_dict(), "subset": subset}, sort_keys=True)
+    text = json.dumps({"spec": spec.to_dict(), "subset": subset, "rules": SELECTION_RULES}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _sources(sel: PatientSelection) -> dict[str, str | None]:
+    return {role.value: (sel.inputs[role].uid if role in sel.inputs else None) for role in ModelInput}
+
+
 def cohort_hash(spec: CohortSpec, subset: str | None, selections: list[PatientSelection]) -> str:
-    """SHA-256 over the spec, the subset and every matched object UID (sorted): reproducibility key."""
+    """SHA-256 over the spec, the subset, every matched object UID and the UID chosen for each input
+    (sorted): reproducibility key."""
     h = hashlib.sha256()
-    h.update(json.dumps({"spec": spec.to_dict(), "subset": subset}, sort_keys=True).encode())
+    h.update(json.dumps({"spec": spec.to_dict(), "subset": subset, "rules": SELECTION_RULES},
+                        sort_keys=True).encode())
     for sel in sorted(selections, key=lambda s: s.patient_id):
-        h.update(json.dumps([sel.patient_id, sel.label, sorted(sel.uids)], sort_keys=True).encode())
+        h.update(json.dumps([sel.patient_id, sel.label, sorted(sel.uids), _sources(sel)], sort_keys=True).encode())
     return h.hexdigest()
 
 
 def export_cohort(store: Path, spec: CohortSpec, out: Path, *, subset: str | None = None,
                   progress: ProgressCallback | None = None) -> ExportResult:
-    """Export every patient of the cohort (or of one of its subsets) with a known label or not."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Export every patient of the cohort (or of one of its subsets) with a known label or not.
+
+    Raises:
+        PostIndexInputError: an input is dated after the label's index event and the spec does not
+            allow that (nothing is written then).
+    """
     with DuckIndex.for_store(store, read_only=True) as index:
         selections = select_patients(index, spec, subset)
+        check_post_index(spec, selections)
+        out.mkdir(parents=True, exist_ok=True)
         entries: list[dict[str, Any]] = []
         manifest_patients: list[dict[str, Any]] = []
         n_ct = n_ecg = 0
         for i, sel in enumerate(selections):
             if progress:
                 progress("exporting", i, len(selections))
+            # ``ct`` / ``ecg`` null: no object qualifies for that input (never a substitute).
             entry: dict[str, Any] = {"patient": sel.patient_id, "ct": None, "ecg": None,
-                                     "tabular": tabular_values(index, sel), "label": sel.label}
+                                     "tabular": tabular_values(index, sel), "label": sel.label,
+                                     "sources": _sources(sel)}
             if sel.ct_files:
                 entry["ct"] = write_ct_nifti(sel.ct_files, out / "ct" / f"{sel.patient_id}.nii.gz") \
                     .relative_to(out).as_posix()
@@ -76,7 +100,11 @@ def export_cohort(store: Path, spec: CohortSpec, out: Path, *, subset: str | Non
                     .relative_to(out).as_posix()
                 n_ecg += 1
             entries.append(entry)
-            manifest_patients.append({"patient": sel.patient_id, "label": sel.label, "objects": sorted(sel.uids)})
+            manifest_patients.append({
+                "patient": sel.patient_id, "label": sel.label, "objects": sorted(sel.uids),
+                "index_date": sel.index_date.isoformat() if sel.index_date else None,
+                "inputs": {role.value: (sel.inputs[role].describe() if role in sel.inputs else None)
+                           for role in ModelInput}})
         if progress:
             progress("exporting", len(selections), len(selections))
     digest = cohort_hash(spec, subset, selections)
@@ -86,7 +114,8 @@ def export_cohort(store: Path, spec: CohortSpec, out: Path, *, subset: str | Non
                 # Only patients with a known label can be trained on; the others stay in the manifest.
                 "training": [e for e in entries if e["label"] is not None]}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=1) + "\n", encoding="utf-8")
-    manifest = {"spec": spec.to_dict(), "subset": subset, "cohort_hash": digest,
+    manifest = {"spec": spec.to_dict(), "subset": subset, "cohort_hash": digest, "selection_rules": SELECTION_RULES,
+                "inputs": SourceConditions.of(spec).describe(),
                 "features": [f.describe() for f in TABULAR_FEATURES], "patients": manifest_patients}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return ExportResult(out, digest, len(selections), n_ct, n_ecg)

@@ -160,6 +160,16 @@ def cond_sql(c: Cond) -> str:
     return f"{col} {_OPS[op]} {vals[0]}"
 
 
+def event_dates_sql(matched: str, obj: ObjectPlan, date_field: FieldInfo | None) -> str:
+    """(pid, d): the event dates of the matched entities of ``obj`` in relation ``matched``, as a
+    window relative to ``obj`` sees them: values of ``date_field``, or (None) the relation's ``d``."""
+    if date_field is None:
+        return f"(SELECT pid, d FROM {matched})"
+    return (f"(SELECT m.pid, v.date AS d FROM {matched} m JOIN "
+            f"({rows_sql(date_field, obj.kind, obj.template)}) v ON v.entity_id = m.entity_id "
+            f"WHERE v.date IS NOT NULL)")
+
+
 def _cond_selectivity(c: Cond) -> float:
     """A rough share of entities a predicate keeps: only used to order evaluation, never for results."""
     if c.op == "exists":
@@ -282,14 +292,7 @@ class _Builder:
                 own = (f"(SELECT b.pid, b.entity_id, v.date AS d FROM {base} b JOIN "
                        f"({rows_sql(w.own_date, obj.kind, obj.template)}) v ON v.entity_id = b.entity_id "
                        f"WHERE v.date IS NOT NULL)")
-            other = self.matched[w.of]
-            of = self.plan.objects[w.of]
-            if w.of_date is not None:
-                ev = (f"(SELECT m.pid, v.date AS d FROM {other} m JOIN "
-                      f"({rows_sql(w.of_date, of.kind, of.template)}) v ON v.entity_id = m.entity_id "
-                      f"WHERE v.date IS NOT NULL)")
-            else:
-                ev = f"(SELECT pid, d FROM {other})"
+            ev = event_dates_sql(self.matched[w.of], self.plan.objects[w.of], w.of_date)
             window = ["b.pid = a.pid", "b.d IS NOT NULL"]
             if w.min_days is not None:
                 window.append(f"date_diff('day', b.d, a.d) >= {int(w.min_days)}")

@@ -38,6 +38,8 @@ Details (the oracle in ``tests/oracle.py`` implements exactly these):
   the patient has no matched entity of that object).
 * Standard subsets: ``CT`` = cohort patients with a CT series in the store, ``ECG`` = with an ECG
   waveform, ``CT+ECG`` = both; a spec's subset of the same name replaces the standard one.
+* ``label.allow_post_index`` changes no count: it only lets ``cohort export`` use model inputs dated
+  after the label's index event (docs/export.md has the export rules).
 * Counts without a label put every patient of a subset under ``unknown``.
 * Distributions count distinct patients of the subset (default: the whole cohort, reported as subset
   ``"cohort"``) over the values of the field on their matched entities of ``object``; a patient
@@ -116,6 +118,9 @@ class Label(_Spec):
     field: str
     positive: list[Scalar]
     negative: list[Scalar]
+    # Export may use model inputs dated after the label's index event (refused by default: an input
+    # from after the event can carry the label, e.g. a paced ECG after TAVI). See docs/export.md.
+    allow_post_index: bool = False
 
 
 class DistributionRequest(_Spec):

@@ -159,7 +159,7 @@ def _values(values: list[Scalar]) -> str:
 
 def _label(label: Label) -> str:
     return (f"label {ident(label.object)}.{_field(label.field)} positive {_values(label.positive)} "
-            f"negative {_values(label.negative)}")
+            f"negative {_values(label.negative)}" + (" allow post-index" if label.allow_post_index else ""))
 
 
 def _edge(b: float) -> str:

@@ -3,7 +3,8 @@
 Grammar (docs/spec.md has it with examples)::
 
     query     := stmt (";" stmt)* [";"]
-    stmt      := NAME ":=" object | "cohort" expr | "label" ref "positive" values "negative" values
+    stmt      := NAME ":=" object | "cohort" expr
+               | "label" ref "positive" values "negative" values ["allow" "post-index"]
                | "subset" name "=" expr | "histogram" ref ["in" unit] "bins" NUMBER ("," NUMBER)* ["for" name]
                | "categories" ref ["in" unit] ["for" name] | "name" name | "description" STRING
     object    := KIND [":" TEMPLATE] ["[" [item ("," item)*] "]"] [window]
@@ -183,7 +184,12 @@ class _Parser:
         neg_tok = self.peek()
         negative = self.values()
         self.positions["label.positive"], self.positions["label.negative"] = pos_tok.pos, neg_tok.pos
-        self.label = Label(object=obj, field=field, positive=positive, negative=negative)
+        allow = False
+        if self.is_word("allow"):
+            self.positions["label.allow_post_index"] = self.advance().pos
+            self.expect_word("post-index", context="after 'allow' (inputs dated after the label's index event)")
+            allow = True
+        self.label = Label(object=obj, field=field, positive=positive, negative=negative, allow_post_index=allow)
 
     def _distribution(self, tok: Token, histogram: bool) -> None:
         path = f"distributions[{len(self.distributions)}]"
