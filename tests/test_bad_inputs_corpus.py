@@ -24,6 +24,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from cohort.ecg.readers.scp_huffman import DEFAULT_TABLE
 from cohort.ingest.report import IngestReport
 from cohort.ingest.run import ingest_folder
 from cohort.siteconfig import SiteConfig, load_site_config
@@ -31,8 +32,8 @@ from cohort.store import Store
 from cohort.synth.model import generate_site
 from cohort.synth.profiles import PROFILES
 from cohort.synth.site import SynthSite, synthesize_site
-from cohort.synth.writers.ecg import write_ecg
-from cohort.synth.writers.scpecg import crc_ccitt
+from cohort.synth.writers.ecg import prepare_export, write_ecg
+from cohort.synth.writers.scpecg import ScpCompression, crc_ccitt, render_record, section_bodies
 
 BAD = "zz-bad"  # sorts after every folder of the valid export, so valid inputs come first in each stage
 SEED = 0
@@ -224,6 +225,34 @@ def scp_truncated(c: Corpus) -> Path:
     path = c.bad("scp-truncated", "EKG_cut.scp")
     path.write_bytes(data[: len(data) - 3000])
     return path
+
+
+def _scp_huffman(c: Corpus, case_id: str, edit: Callable[[dict[int, bytes]], None]) -> Path:
+    """The SCP template's ECG Huffman-coded as carts do (default table, second differences), then edited."""
+    profile = PROFILES[3]
+    patient = next(p for p in generate_site(5, profile.site_id, 10, profile.mix, profile.pacs_prefix,
+                                            profile.case_prefix) if p.ecg)
+    bodies = section_bodies(prepare_export(patient, profile, language="de"), ScpCompression(DEFAULT_TABLE, 2))
+    edit(bodies)
+    path = c.bad(case_id, "EKG_huffman.scp")
+    path.write_bytes(render_record(bodies))
+    return path
+
+
+def scp_huffman_truncated_lead(c: Corpus) -> Path:
+    def cut_last_lead(bodies: dict[int, bytes]) -> None:
+        at = 6 + 2 * 11  # byte count of the 12th lead (V6), whose data ends section 6
+        (n,) = struct.unpack_from("<H", bodies[6], at)
+        s6 = bytearray(bodies[6][: len(bodies[6]) - n // 2])
+        struct.pack_into("<H", s6, at, n - n // 2)
+        bodies[6] = bytes(s6)
+    return _scp_huffman(c, "scp-huffman-truncated-lead", cut_last_lead)
+
+
+def scp_reference_beat_subtraction(c: Corpus) -> Path:
+    def flag(bodies: dict[int, bytes]) -> None:
+        bodies[3] = bodies[3][:1] + bytes([bodies[3][1] | 0x01]) + bodies[3][2:]  # section 3 flags bit 0
+    return _scp_huffman(c, "scp-reference-beat-subtraction", flag)
 
 
 def _registry_rows(c: Corpus) -> tuple[list[str], list[list[str]]]:
@@ -440,6 +469,10 @@ CASES: list[BadCase] = [
     BadCase("scp-section-length-past-end", scp_section_length_past_end, "quarantined",
             ("section 8 length", "past the end")),
     BadCase("scp-truncated", scp_truncated, "quarantined", ("record length", "truncated")),
+    BadCase("scp-huffman-truncated-lead", scp_huffman_truncated_lead, "quarantined",
+            ("section 6 lead V6", "Huffman bitstream ends inside sample")),
+    BadCase("scp-reference-beat-subtraction", scp_reference_beat_subtraction, "quarantined",
+            ("section 3 reference beat subtraction", "export the ECG without compression or as DICOM/aECG")),
     BadCase("registry-renamed-column", registry_renamed_and_unknown_columns, "quarantined",
             ("HEIGHT_CM", "HEIGHT_IN_CM", "registry.columns")),
     BadCase("registry-cp1252", registry_wrong_encoding, "quarantined", ("registry.format.encoding", "cp1252")),
