@@ -239,6 +239,12 @@ def scp_bimodal_compression(tmp: Path) -> Path:
     return _scp_huffman(tmp, bimodal)
 
 
+def scp_third_differences(tmp: Path) -> Path:
+    def third(bodies: dict[int, bytes]) -> None:
+        bodies[6] = bodies[6][:4] + b"\x03" + bodies[6][5:]  # section 6 header byte 5: difference data used
+    return _scp_huffman(tmp, third)
+
+
 def dicom_without_patient_id(tmp: Path) -> Path:
     path = _dicom(tmp)
     ds = pydicom.dcmread(path)
@@ -299,6 +305,8 @@ CASES: list[tuple[str, Callable[[Path], Path], Reader, str, str]] = [
      "section 3 reference beat subtraction", "export the ECG without compression or as DICOM/aECG"),
     ("scp-bimodal-compression", scp_bimodal_compression, read_scpecg, "section 6 bimodal compression",
      "decimated"),
+    ("scp-third-differences", scp_third_differences, read_scpecg, "section 6 difference data used",
+     "difference data used is 3"),
     ("dicom-without-patient-id", dicom_without_patient_id, read_dicom_ecg, "PatientID", "missing"),
     ("dicom-sampling-rate-100Hz", dicom_sampling_rate_out_of_range, read_dicom_ecg, "sampling_frequency",
      "200-1000"),

@@ -31,6 +31,7 @@ from cohort.synth.writers.scpecg import (
     ScpCompression,
     differences,
     huffman_encode,
+    render_record,
     render_scpecg,
     section_bodies,
 )
@@ -97,6 +98,16 @@ def test_decoded_samples_equal_the_known_samples(compression: ScpCompression, tm
         assert np.array_equal(record.leads[lead], counts[lead] * UV_PER_COUNT), lead
     if compression.table is not None:  # what compression is for: fewer bytes than 16 bits a sample
         assert path.stat().st_size < (0.6 if compression.differences else 1) * len(render_scpecg(export))
+
+
+def test_section2_without_tables_means_plain_samples(tmp_path: Path) -> None:
+    export = _export()
+    bodies = section_bodies(export)
+    bodies[2] = struct.pack("<H", 0)  # some carts write an empty section 2 for uncompressed data
+    path = tmp_path / "empty2.scp"
+    path.write_bytes(render_record(bodies))
+    record = read_scpecg(path)
+    assert all(np.array_equal(record.leads[lead], c * UV_PER_COUNT) for lead, c in _counts(export).items())
 
 
 @pytest.mark.parametrize("table", [DEFAULT_TABLE, CUSTOM_TABLE], ids=["default-table", "section2-table"])
