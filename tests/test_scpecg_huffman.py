@@ -23,7 +23,9 @@ from cohort.ecg.readers.scp_huffman import (
     undo_differences,
 )
 from cohort.ecg.readers.scpecg import read_scpecg
-from cohort.synth.model import generate_site
+from cohort.ingest.base import InputHead
+from cohort.ingest.converters.ecg import ScpEcgConverter
+from cohort.synth.model import SyntheticPatient, generate_site
 from cohort.synth.profiles import PROFILES
 from cohort.synth.writers.ecg import EcgExport, prepare_export, quantize
 from cohort.synth.writers.scpecg import (
@@ -35,6 +37,7 @@ from cohort.synth.writers.scpecg import (
     render_scpecg,
     section_bodies,
 )
+from tests.helpers import make_context
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 UV_PER_COUNT = AVM_NV / 1000.0
@@ -47,11 +50,15 @@ CUSTOM_TABLE = HuffmanTable((
 ))
 
 
-def _export() -> EcgExport:
+def _patient() -> SyntheticPatient:
+    """A patient with an ECG at the synthetic SCP-ECG site (profile 3)."""
     profile = PROFILES[3]
-    patient = next(p for p in generate_site(5, profile.site_id, 10, profile.mix, profile.pacs_prefix,
-                                            profile.case_prefix) if p.ecg)
-    return prepare_export(patient, profile, language="de")
+    return next(p for p in generate_site(5, profile.site_id, 10, profile.mix, profile.pacs_prefix,
+                                         profile.case_prefix) if p.ecg)
+
+
+def _export() -> EcgExport:
+    return prepare_export(_patient(), PROFILES[3], language="de")
 
 
 def _counts(export: EcgExport) -> dict[str, np.ndarray]:
@@ -224,3 +231,18 @@ def _section2(*codes: tuple[int, int, int, int, int]) -> bytes:
 def test_section2_tables_that_cannot_be_decoded_are_refused(body: bytes, words: str) -> None:
     with pytest.raises(HuffmanError, match=re.escape(words)):
         parse_section2(body)
+
+
+def test_converter_turns_a_huffman_coded_file_into_the_same_waveform_as_a_plain_one(tmp_path: Path) -> None:
+    profile, patient = PROFILES[3], _patient()
+    export = prepare_export(patient, profile, language="de")
+    converter = ScpEcgConverter()
+    waveforms = []
+    for name, compression in (("plain", ScpCompression()), ("huffman", CASES["default-table-second-differences"])):
+        path = _write(tmp_path, name, export, compression)
+        assert converter.sniff(InputHead.read(path), profile.config)
+        ctx = make_context(tmp_path / name, site=profile.config, case_to_pacs={patient.case_id: patient.pacs_id})
+        waveforms.append(converter.convert(path, ctx).datasets[0])
+    plain, huffman = waveforms
+    assert huffman.waveform_array(0).shape == (5000, 12)
+    assert np.array_equal(huffman.waveform_array(0), plain.waveform_array(0))
