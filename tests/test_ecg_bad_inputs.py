@@ -245,6 +245,15 @@ def scp_third_differences(tmp: Path) -> Path:
     return _scp_huffman(tmp, third)
 
 
+def scp_lead_ends_before_it_starts(tmp: Path) -> Path:
+    def swap_v1(bodies: dict[int, bytes]) -> None:
+        s3 = bytearray(bodies[3])
+        at = 2 + 9 * TWELVE_LEADS.index("V1")  # lead definitions: first sample, last sample, lead id
+        struct.pack_into("<II", s3, at, 5000, 1)
+        bodies[3] = bytes(s3)
+    return _scp_huffman(tmp, swap_v1)
+
+
 def dicom_without_patient_id(tmp: Path) -> Path:
     path = _dicom(tmp)
     ds = pydicom.dcmread(path)
@@ -307,6 +316,8 @@ CASES: list[tuple[str, Callable[[Path], Path], Reader, str, str]] = [
      "decimated"),
     ("scp-third-differences", scp_third_differences, read_scpecg, "section 6 difference data used",
      "difference data used is 3"),
+    ("scp-lead-ends-before-it-starts", scp_lead_ends_before_it_starts, read_scpecg, "section 3 lead definitions",
+     "V1 (lead id 3) ends at sample 1, before its first sample 5000"),
     ("dicom-without-patient-id", dicom_without_patient_id, read_dicom_ecg, "PatientID", "missing"),
     ("dicom-sampling-rate-100Hz", dicom_sampling_rate_out_of_range, read_dicom_ecg, "sampling_frequency",
      "200-1000"),

@@ -166,6 +166,11 @@ def test_padding_after_the_last_code_is_ignored() -> None:
     assert decode_lead(data + b"\x00\x00", 3, DEFAULT_TABLE).tolist() == [3, -3, 0]
 
 
+def test_a_sample_count_the_data_cannot_hold_is_refused_before_decoding() -> None:
+    with pytest.raises(HuffmanError, match="4 bytes of data cannot hold 4000000000 samples"):
+        decode_lead(b"\x00" * 4, 4_000_000_000, DEFAULT_TABLE)  # would be 32 GB of samples
+
+
 _PIXELMED_SAMPLES = """
 import com.pixelmed.dicom.BinaryInputStream;
 import com.pixelmed.scpecg.SCPECG;

@@ -132,9 +132,12 @@ def _checked_table(table: int, codes: list[HuffmanCode]) -> HuffmanTable:
 
 def decode_lead(data: bytes, n_samples: int, table: HuffmanTable) -> np.ndarray:
     """Decode ``n_samples`` values (before undoing differences) from one lead's bitstream."""
+    lookup, lengths = table.lookup, table.prefix_lengths
+    if n_samples > 8 * len(data) // lengths[0]:  # also keeps a hostile sample count from allocating memory
+        raise HuffmanError(f"{len(data)} bytes of data cannot hold {n_samples} samples (the shortest code has "
+                           f"{lengths[0]} bits); the lead data is truncated")
     bits = "".join(f"{byte:08b}" for byte in data)
     n_bits, pos = len(bits), 0
-    lookup, lengths = table.lookup, table.prefix_lengths
     out = np.empty(n_samples, dtype=np.int64)
     for k in range(n_samples):
         for length in lengths:

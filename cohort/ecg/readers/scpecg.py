@@ -186,6 +186,10 @@ def _leads(path: Path, sections: dict[int, _Section]) -> tuple[dict[str, np.ndar
                          "not reconstruct; export the ECG without compression or as DICOM/aECG",
                          path=str(path), field="section 3 reference beat subtraction")
     defs = [r3.take("<IIB", f"lead definition {k + 1}") for k in range(n_leads)]
+    for start, end, lead_id in defs:
+        if end < start:
+            raise InputError(f"{_lead_name(lead_id)} ends at sample {end}, before its first sample {start}; the "
+                             "file is damaged: re-export it", path=str(path), field="section 3 lead definitions")
     r6 = _Reader(path, sections[6])
     avm_nv, interval_us, diff, bimodal = r6.take("<HHBB", "the rhythm data header")
     if interval_us == 0:
