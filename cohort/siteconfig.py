@@ -110,6 +110,22 @@ class FreeTextSource(_Strict):
     encoding: str = "utf-8"
 
 
+StrictnessLevel = Literal["ignore", "warn", "quarantine"]
+
+
+class Strictness(_Strict):
+    """What ingest does with a DICOM object that lacks an attribute its SOP class requires.
+
+    ``warn`` converts the object and lists each missing attribute in the ingest report as a warning
+    on that object; ``quarantine`` keeps the input out of the store with the list as its reason;
+    ``ignore`` says nothing. Attributes the index or the export read (identifiers, image geometry,
+    segments, waveform channels) quarantine the object whatever these settings say.
+    """
+
+    missing_type1: StrictnessLevel = "warn"  # type 1: present and not empty
+    missing_type2: StrictnessLevel = "warn"  # type 2: present, may be empty
+
+
 class DisclosurePolicy(_Strict):
     """What the site lets leave it: minimum cell size in distinct patients, rounding, noise, bins."""
 
@@ -127,13 +143,14 @@ class SiteConfig(_Strict):
     display_name: str = ""
     store: str = Field(description="store folder; relative paths are relative to this file")
     pseudonym_key: str = Field(min_length=16, description="secret key for pseudonymous PatientIDs")
-    identifiers: IdentifierMapping
+    identifiers: IdentifierMapping | None = None  # None: inputs name patients by PACS id only
     procedures: ProceduresTable | None = None
     registry: RegistryTable | None = None
     ecg: EcgSource = EcgSource()
     segmentation: SegmentationSource | None = None
     markups: MarkupsSource | None = None
     free_text: FreeTextSource = FreeTextSource()
+    strictness: Strictness = Strictness()
     disclosure: DisclosurePolicy = DisclosurePolicy()
     source_file: str | None = Field(None, exclude=True)
 

@@ -39,7 +39,7 @@ BAD = "zz-bad"  # sorts after every folder of the valid export, so valid inputs 
 SEED = 0
 N_PATIENTS = 4
 
-Outcome = Literal["quarantined", "part", "duplicate"]
+Outcome = Literal["quarantined", "part", "duplicate", "warning"]  # warning: converted, with a report warning
 
 
 @dataclass
@@ -448,6 +448,91 @@ def free_text_wrong_encoding(c: Corpus) -> Path:
     return path
 
 
+def _ct_bytes_and_pixel_tag(c: Corpus) -> tuple[bytes, int]:
+    raw = c.first(f"pacs/{c.ct_patients[1]}/*/*/*.dcm").read_bytes()
+    at = raw.rfind(b"\xe0\x7f\x10\x00")  # Pixel Data (7FE0,0010), little endian: the last element
+    assert at > 0, "the synthetic CT has no Pixel Data element"
+    return raw, at
+
+
+def ct_cut_before_pixel_data(c: Corpus) -> Path:
+    raw, at = _ct_bytes_and_pixel_tag(c)
+    path = c.bad("ct-cut-before-pixel-data", "IM000006.dcm")
+    path.write_bytes(raw[:at])  # every element before the pixels is complete
+    return path
+
+
+def ct_cut_inside_pixel_data_tag(c: Corpus) -> Path:
+    raw, at = _ct_bytes_and_pixel_tag(c)
+    path = c.bad("ct-cut-inside-pixel-data-tag", "IM000007.dcm")
+    path.write_bytes(raw[:at + 6])  # the same object as above, with half of the Pixel Data header
+    return path
+
+
+def pydicom_rtplan_truncated(c: Corpus) -> Path:
+    path = c.bad("rtplan-truncated", "RP000001.dcm")
+    shutil.copyfile(get_testdata_file("rtplan_truncated.dcm"), path)  # type: ignore[arg-type]
+    return path
+
+
+def dicom_ecg_cut_at_70_percent(c: Corpus) -> Path:
+    data = c.first("ecg/pacs/*.dcm").read_bytes()
+    path = c.bad("dicom-ecg-cut-70", "ECG0002.dcm")
+    path.write_bytes(data[: len(data) * 7 // 10])
+    return path
+
+
+def rtplan_missing_type1_and_type2(c: Corpus) -> Path:
+    ds = pydicom.dcmread(get_testdata_file("rtplan.dcm"))
+    del ds.RTPlanLabel, ds.RTPlanDate  # type 1, type 2 of the RT General Plan module
+    path = c.bad("rtplan-missing-type1", "RP000002.dcm")
+    ds.save_as(path)
+    return path
+
+
+def _new_object(ds: pydicom.Dataset, *keywords: str, seed: str) -> pydicom.Dataset:
+    """``ds`` with new UIDs for ``keywords`` (always the SOP Instance UID), derived from ``seed``."""
+    for keyword in (*keywords, "SOPInstanceUID"):
+        setattr(ds, keyword, pydicom.uid.generate_uid(entropy_srcs=["bad-corpus", seed, keyword]))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def ct_missing_pixel_spacing(c: Corpus) -> Path:
+    ds = _new_object(_ct_slice(c), seed="no-pixel-spacing")
+    del ds.PixelSpacing  # type 1, and the CT export needs it
+    path = c.bad("ct-missing-pixel-spacing", "IM000008.dcm")
+    ds.save_as(path)
+    return path
+
+
+def dicom_invalid_is_value(c: Corpus) -> Path:
+    # Converted: so a patient and series of its own, not one more slice in a series the site segmented.
+    ds = _new_object(_ct_slice(c), "StudyInstanceUID", "SeriesInstanceUID", seed="invalid-is")
+    ds.PatientID = "UKN0099990"
+    ds[0x00200011] = pydicom.dataelem.RawDataElement(pydicom.tag.Tag(0x00200011), "IS", 2, b"1A", 0, False,
+                                                     True)  # Series Number '1A' as some PACS write it
+    path = c.bad("dicom-invalid-is-value", "IM000009.dcm")
+    ds.save_as(path)
+    return path
+
+
+def registry_cp1252_semicolon(c: Corpus) -> Path:
+    header, rows = _registry_rows(c)
+    header = header + ["BEMERKUNG"]
+    rows = [r + ["Größe geschätzt"] for r in rows]
+    path = c.bad("registry-cp1252-semicolon", "registry_excel.csv")
+    with open(path, "w", newline="", encoding="cp1252") as fh:
+        csv.writer(fh, delimiter=";").writerows([header, *rows])  # what Excel writes in a German locale
+    return path
+
+
+def csv_without_mapping(c: Corpus) -> Path:
+    path = c.bad("csv-without-mapping", "bed_occupancy.csv")
+    path.write_text("STATION,BETT,BELEGT\nK1,3,ja\nK1,4,nein\n", encoding="utf-8")
+    return path
+
+
 CASES: list[BadCase] = [
     BadCase("truncated-dicom", truncated_dicom, "quarantined", ("PixelData", "truncated", "export it again")),
     BadCase("text-named-dcm", text_named_dcm, "quarantined", ("not recognised", "site.yaml")),
@@ -503,6 +588,24 @@ CASES: list[BadCase] = [
     BadCase("free-text-unknown-case", free_text_unknown_case, "quarantined",
             ("F1999-999999", "identifier mapping")),
     BadCase("free-text-cp1252", free_text_wrong_encoding, "quarantined", ("free_text.encoding", "utf-8")),
+    BadCase("ct-cut-before-pixel-data", ct_cut_before_pixel_data, "quarantined",
+            ("image SOP class", "no Pixel Data", "truncated", "export it again")),
+    BadCase("ct-cut-inside-pixel-data-tag", ct_cut_inside_pixel_data_tag, "quarantined",
+            ("PixelData (7FE0,0010)", "truncated", "export it again")),
+    BadCase("rtplan-truncated", pydicom_rtplan_truncated, "quarantined",
+            ("BeamSequence (300A,00B0)", "truncated", "export it again")),
+    BadCase("dicom-ecg-cut-70", dicom_ecg_cut_at_70_percent, "quarantined",
+            ("WaveformSequence", "truncated", "export it again")),
+    BadCase("rtplan-missing-type1", rtplan_missing_type1_and_type2, "warning",
+            ("type 1 attribute RTPlanLabel (300A,0002)", "RT Plan Storage requires it", "strictness")),
+    BadCase("ct-missing-pixel-spacing", ct_missing_pixel_spacing, "quarantined",
+            ("PixelSpacing (0028,0030)", "type 1", "the index or the export needs")),
+    BadCase("dicom-invalid-is-value", dicom_invalid_is_value, "warning",
+            ("pydicom", "Invalid value for VR IS: '1A'")),
+    BadCase("registry-cp1252-semicolon", registry_cp1252_semicolon, "quarantined",
+            ("registry.format.encoding: cp1252", "registry.format.delimiter: ';'")),
+    BadCase("csv-without-mapping", csv_without_mapping, "quarantined",
+            ("'STATION'", "column mapping", "registry.columns", "procedures.columns", "identifiers")),
 ]
 IDS = [case.id for case in CASES]
 
@@ -597,6 +700,12 @@ def test_bad_input_gets_its_outcome_and_an_actionable_reason(ingested: Ingested,
         q = quarantined[rel]
         reason, copy = q.reason, ingested.store / q.copy
         assert copy.read_bytes() == (ingested.corpus.raw / rel).read_bytes()  # nothing is lost
+    elif case.outcome == "warning":
+        assert rel not in quarantined and rel not in duplicates, f"{rel}: expected a converted input"
+        found = [w for w in r.warnings if w.input == rel]
+        assert found, f"{rel}: expected a warning in the report"
+        reason = next((w.message for w in found if case.words[0].lower() in w.message.lower()), found[0].message)
+        copy = None
     elif case.outcome == "duplicate":
         assert rel in duplicates, f"{rel}: expected a duplicate; quarantined={quarantined.get(rel)}"
         reason = duplicates[rel].reason

@@ -112,12 +112,27 @@ def test_report_json_round_trip(tmp_path: Path):
             "timings"} <= set(data)
 
 
-@pytest.mark.parametrize("missing", ["identifiers"])
-def test_site_config_errors_name_the_field(tmp_path: Path, missing: str):
+@pytest.mark.parametrize(("text", "names"), [
+    ("site_id: x\nstore: s\n", "pseudonym_key"),
+    ("site_id: x\nstore: s\npseudonym_key: short\n", "pseudonym_key"),
+    ("site_id: x\nstore: s\npseudonym_key: 0123456789abcdef0\nstrictness: {missing_type1: raise}\n",
+     "strictness.missing_type1"),
+], ids=["no-key", "short-key", "unknown-strictness"])
+def test_site_config_errors_name_the_field(tmp_path: Path, text: str, names: str):
     from cohort.errors import ConfigError
     from cohort.siteconfig import load_site_config
 
     cfg = tmp_path / "site.yaml"
-    cfg.write_text("site_id: x\nstore: s\npseudonym_key: 0123456789abcdef0\n")
-    with pytest.raises(ConfigError, match=missing):
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=names):
         load_site_config(cfg)
+
+
+def test_site_config_without_identifier_mapping_is_valid(tmp_path: Path):
+    from cohort.siteconfig import load_site_config
+
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text("site_id: x\nstore: s\npseudonym_key: 0123456789abcdef0\n")
+    site = load_site_config(cfg)
+    assert site.identifiers is None
+    assert (site.strictness.missing_type1, site.strictness.missing_type2) == ("warn", "warn")

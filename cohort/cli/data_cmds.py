@@ -38,9 +38,13 @@ def synth(
 
 @app.command()
 def ingest(
-    raw_dir: Annotated[Path, typer.Argument(help="folder with the site's raw exports")],
+    raw_dir: Annotated[Path | None, typer.Argument(
+        help="folder with the site's raw exports (optional with --from-dicomweb)")] = None,
     store: Annotated[Path | None, typer.Option(help="store folder (default: the site config's store)")] = None,
-    site_config: Annotated[Path | None, typer.Option(help="site.yaml (default: RAW_DIR/../site.yaml)")] = None,
+    site_config: Annotated[Path | None, typer.Option(
+        help="site.yaml (default: RAW_DIR/../site.yaml; without one, defaults and --store)")] = None,
+    site_id: Annotated[str | None, typer.Option(
+        help="site id when there is no site.yaml (default: the folder's name)")] = None,
     report: Annotated[Path | None, typer.Option(help="write the ingest report JSON here")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
     from_dicomweb: Annotated[str | None, typer.Option(
@@ -51,14 +55,21 @@ def ingest(
     """Convert every input to DICOM in the store, index it, and report what became of each input."""
     from cohort.ingest import dicomweb
     from cohort.ingest.run import ingest_folder
-    from cohort.siteconfig import load_site_config
+    from cohort.ingest.site_defaults import generated_config_path, resolve_ingest_site
     from cohort.store import Store
 
-    cfg_path = site_config or raw_dir.parent / "site.yaml"
-    if not cfg_path.exists():
-        raise ConfigError(f"no site config at {cfg_path}; pass --site-config PATH/site.yaml")
-    site = load_site_config(cfg_path)
-    store_dir = store or site.store_path()
+    if raw_dir is None and not from_dicomweb:
+        raise ConfigError("give RAW_DIR (the folder with the site's exports), or --from-dicomweb URL to pull "
+                          "from the PACS")
+    resolved = resolve_ingest_site(raw_dir, store=store, site_config=site_config, site_id=site_id)
+    site, store_dir = resolved.site, resolved.store_dir
+    if resolved.defaults:
+        console.print(f"no site.yaml: ingesting as site {site.site_id!r} with defaults (patients by their PACS "
+                      f"id, pseudonymised with the key kept in {generated_config_path(store_dir)}: keep that "
+                      "file secret and back it up with the store)", markup=False, highlight=False)
+    if raw_dir is None:
+        raw_dir = dicomweb.pull_dir_for(store_dir)
+        raw_dir.mkdir(parents=True, exist_ok=True)
     pulled: dicomweb.PullReport | None = None
     pushed: dicomweb.PushReport | None = None
     with progress_callback(not quiet) as cb:
@@ -82,11 +93,20 @@ def ingest(
         table.add_row(key, str(getattr(result, key)))
     for name, n in sorted(result.objects_by_sop_class.items()):
         table.add_row(f"  {name}", str(n))
+    table.add_row("warnings", str(len(result.warnings)))
     console.print(table)
-    for q in result.quarantine[:20]:
-        console.print(f"[yellow]quarantined[/] {q.input}: {q.reason}")
-    if len(result.quarantine) > 20:
-        console.print(f"... and {len(result.quarantine) - 20} more (see the report)")
+    _print_first("quarantined", [f"{q.input}: {q.reason}" for q in result.quarantine])
+    _print_first("warning", [f"{w.input}{f' ({w.sop_uid})' if w.sop_uid else ''}: {w.message}"
+                             for w in result.warnings])
+
+
+def _print_first(label: str, lines: list[str], limit: int = 20) -> None:
+    """The first ``limit`` lines, each marked with ``label``; the report has the rest."""
+    for line in lines[:limit]:
+        console.print(f"[yellow]{label}[/] ", end="")
+        console.print(line, markup=False, highlight=False)
+    if len(lines) > limit:
+        console.print(f"... and {len(lines) - limit} more {label} lines (see the report)")
 
 
 @app.command()
@@ -97,7 +117,8 @@ def validate(
     """Run dciodvfy on every stored object and DicomSRValidator + dsrdump on every SR."""
     from cohort.ingest.validation import validate_store
 
-    summary = validate_store(Path(store))
+    with progress_callback(not json_out) as cb:
+        summary = validate_store(Path(store), progress=cb)
     if json_out:
         print(json.dumps(summary.to_json(), indent=2))
     else:

@@ -61,12 +61,21 @@ class RejectedPart:
     content: str = ""
 
 
+@dataclass(frozen=True)
+class ConversionWarning:
+    """Something about a converted input that a person should know but that did not stop it."""
+
+    message: str
+    sop_uid: str = ""  # the stored object it concerns; empty for the input as a whole
+
+
 @dataclass
 class ConversionResult:
-    """What one input became: datasets to store and parts rejected with reasons."""
+    """What one input became: datasets to store, parts rejected with reasons, and warnings."""
 
     datasets: list[Dataset] = field(default_factory=list)
     rejected: list[RejectedPart] = field(default_factory=list)
+    warnings: list[ConversionWarning] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Sync with a site PACS over DICOMweb: pull its studies into the raw folder, push derived objects back.
 
 Pull (QIDO-RS search, WADO-RS retrieve) writes each instance as a Part 10 file under
-``RAW_DIR/dicomweb/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``, where the normal ingest converts it.
+``RAW_DIR/dicomweb/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``, where the normal ingest converts it; without
+a RAW_DIR the pull is a job by itself and RAW_DIR is ``STORE/pulled``.
 Push (STOW-RS) uploads the *derived* objects of the store: every stored object whose SOP Instance UID
 was not pulled from that PACS (SRs, SEGs and waveforms the conversion created; pulled images keep
 their UIDs, so they are never sent back).
@@ -125,6 +126,11 @@ class PushReport(_Throughput):
 
     def _done(self) -> int:
         return self.pushed
+
+
+def pull_dir_for(store_root: str | Path) -> Path:
+    """The raw folder of a pull given without RAW_DIR: ``STORE/pulled`` (pulled files go below it)."""
+    return Path(store_root) / "pulled"
 
 
 def state_path_for(store_root: str | Path, url: str) -> Path:

@@ -22,10 +22,15 @@ class MappingPatientDirectory(PatientDirectory):
 
     def __init__(self, site: SiteConfig, raw_dir: Path) -> None:
         self.site = site
-        self.mapping_path = raw_dir / site.identifiers.file
         self.case_to_pacs: dict[str, str] = {}
         self.pacs_to_cases: dict[str, tuple[str, ...]] = {}
         self.problem: str | None = None
+        if site.identifiers is None:
+            self.mapping_path: Path | None = None
+            self.problem = ("the site config names no identifier mapping; set identifiers.file, "
+                            "identifiers.pacs_id_column and identifiers.case_id_column in site.yaml")
+            return
+        self.mapping_path = raw_dir / site.identifiers.file
         if not self.mapping_path.exists():
             self.problem = f"the identifier mapping {self.mapping_path} does not exist (site.yaml: identifiers.file)"
             return
@@ -46,7 +51,8 @@ class MappingPatientDirectory(PatientDirectory):
         else:
             found = self.case_to_pacs.get(value)
             if found is None:
-                why = self.problem or f"it is not in the identifier mapping {self.mapping_path.name}"
+                mapping = self.mapping_path.name if self.mapping_path is not None else ""
+                why = self.problem or f"it is not in the identifier mapping {mapping}"
                 raise UnknownPatientError(
                     f"case number {value!r} cannot be linked to a patient: {why}; add the pair to the "
                     "mapping or check which identifier this export uses (site.yaml: id_kind)",

@@ -24,6 +24,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,6 +45,7 @@ from cohort.ingest.report import (
     OUTCOME_QUARANTINED,
     DuplicateInput,
     IngestReport,
+    InputWarning,
     QuarantinedInput,
     RejectedPartEntry,
 )
@@ -97,6 +99,7 @@ class _Converted:
     objects: list[_Staged] = field(default_factory=list)
     rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (where, reason, content)
     error: str | None = None
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"sop_uid", "message"}
 
     def discard(self) -> None:
         for obj in self.objects:
@@ -216,18 +219,24 @@ class _ConversionWorker:
         ctx = IngestContext(site=self.site, raw_dir=self.raw_dir, patients=self.patients, store=self.store,
                             input_digest=digest)
         out = _Converted()
-        try:
-            result = conv.convert(path, ctx)
-            for ds in result.datasets:
-                out.objects.append(self._stage(ds))
-        except InputError as exc:
-            out.discard()
-            return _Converted(error=str(exc))
-        except Exception as exc:  # a converter bug must not sink the run; keep the input and say so
-            out.discard()
-            return _Converted(error=f"converter {conv.name} failed unexpectedly: {type(exc).__name__}: {exc} "
-                                    "(please report this as a bug)")
+        # Warnings of the libraries (e.g. pydicom's "Invalid value for VR IS") belong to this input's
+        # report entry, not to the terminal; workers are processes, so catching them here is per input.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = conv.convert(path, ctx)
+                for ds in result.datasets:
+                    out.objects.append(self._stage(ds))
+            except InputError as exc:
+                out.discard()
+                return _Converted(error=str(exc), warnings=_library_warnings(caught))
+            except Exception as exc:  # a converter bug must not sink the run; keep the input and say so
+                out.discard()
+                return _Converted(error=f"converter {conv.name} failed unexpectedly: {type(exc).__name__}: "
+                                        f"{exc} (please report this as a bug)", warnings=_library_warnings(caught))
         out.rejected = [(part.where, part.reason, part.content) for part in result.rejected]
+        out.warnings = [{"sop_uid": w.sop_uid, "message": w.message} for w in result.warnings]
+        out.warnings += _library_warnings(caught)
         return out
 
     def _stage(self, ds: Dataset) -> _Staged:
@@ -246,6 +255,26 @@ class _ConversionWorker:
         with open(temp, "wb") as fh:
             fh.write(buffer.getbuffer())
         return _Staged(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.PatientID), str(temp), str(target))
+
+
+def _library_warnings(caught: list[warnings.WarningMessage]) -> list[dict[str, str]]:
+    """Distinct warnings raised while converting one input, each prefixed with the library it came from."""
+    out: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for w in caught:
+        message = f"{warning_origin(w.filename)}: {w.message}"
+        if message not in seen:
+            seen.add(message)
+            out.append({"sop_uid": "", "message": message})
+    return out
+
+
+def warning_origin(filename: str) -> str:
+    """The package a warning was raised in (e.g. ``pydicom``), from the file it names."""
+    parts = Path(filename).parts
+    if "site-packages" in parts and parts.index("site-packages") + 1 < len(parts):
+        return Path(parts[parts.index("site-packages") + 1]).stem
+    return "warning"
 
 
 _WORKER: _ConversionWorker | None = None
@@ -414,8 +443,9 @@ class IngestRun:
                 return {**base, "outcome": OUTCOME_DUPLICATE, "duplicate_of": first,
                         "reason": "identical content (same SHA-256) already ingested"}
         assert converted is not None, f"no conversion scheduled for {item.rel}"
+        warned = {"warnings": converted.warnings} if converted.warnings else {}
         if converted.error is not None:
-            return self._quarantine(base, item, converted.error)
+            return self._quarantine({**base, **warned}, item, converted.error)
         # SOP Instance UIDs claimed by another input mean this input repeats objects already stored.
         for obj in converted.objects:
             owner = self.journal.sop_owner.get(obj.sop_uid)
@@ -436,7 +466,7 @@ class IngestRun:
             copy = self._quarantine_copy(item.rel, f"part{k + 1}", content, f"{where}: {why}")
             rejected.append({"where": where, "reason": why, "copy": copy})
         extra = {"key": item.key} if item.linked_by_name else {}
-        return {**base, **extra, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
+        return {**base, **extra, **warned, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
 
     def _remove_leftovers(self) -> None:
         """Temporary files of a run that was killed: never committed, so never journaled."""
@@ -462,6 +492,7 @@ class IngestRun:
     def _account(self, entry: dict[str, Any], patient_ids: set[str]) -> None:
         r = self.report
         r.inputs += 1
+        r.warnings += [InputWarning(entry["input"], w["sop_uid"], w["message"]) for w in entry.get("warnings", [])]
         fmt = entry.get("format") or "unrecognised"
         r.inputs_by_format[fmt] = r.inputs_by_format.get(fmt, 0) + 1
         outcome = entry["outcome"]

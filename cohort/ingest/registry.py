@@ -12,7 +12,12 @@ from cohort.ingest.converters.ecg import AecgConverter, DicomEcgConverter, MuseC
 from cohort.ingest.converters.free_text import FreeTextConverter
 from cohort.ingest.converters.markups import MarkupsConverter
 from cohort.ingest.converters.nifti_seg import NiftiSegmentationConverter
-from cohort.ingest.converters.tables import IdMappingConverter, ProceduresConverter, RegistryConverter
+from cohort.ingest.converters.tables import (
+    IdMappingConverter,
+    ProceduresConverter,
+    RegistryConverter,
+    UnmappedTableConverter,
+)
 
 CONVERTER_CLASSES: tuple[type[Converter], ...] = (
     DicomEcgConverter,
@@ -26,6 +31,7 @@ CONVERTER_CLASSES: tuple[type[Converter], ...] = (
     NiftiSegmentationConverter,
     MarkupsConverter,
     FreeTextConverter,
+    UnmappedTableConverter,  # last: only tables no mapped converter took
 )
 
 

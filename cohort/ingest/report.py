@@ -42,6 +42,15 @@ class RejectedPartEntry:
 
 
 @dataclass
+class InputWarning:
+    """A warning about one input (e.g. a reading problem pydicom reported, a missing type 2 attribute)."""
+
+    input: str
+    sop_uid: str  # the stored object it concerns; empty for the input as a whole
+    message: str
+
+
+@dataclass
 class IngestReport:
     """Everything ``cohort ingest`` did, written as JSON with ``--report``."""
 
@@ -59,6 +68,7 @@ class IngestReport:
     quarantine: list[QuarantinedInput] = field(default_factory=list)
     duplicate_inputs: list[DuplicateInput] = field(default_factory=list)
     rejected_parts: list[RejectedPartEntry] = field(default_factory=list)
+    warnings: list[InputWarning] = field(default_factory=list)
     indexed_files: int = 0
     index_failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)

@@ -79,15 +79,36 @@ def decode_table_bytes(data: bytes, fmt: TableFormat, *, path: Path, setting: st
         line = data[: exc.start].count(b"\n") + 1
         byte = data[exc.start: exc.start + 1].hex()
         suggestion = _suggest_encoding(data, fmt.encoding)
+        looks, fix = _encoding_advice(data, fmt, setting, suggestion)
         raise InputError(
             f"cannot decode byte 0x{byte} at offset {exc.start} (line {line}) as {fmt.encoding}; "
-            f"the file looks like {suggestion}: set {enc_setting}: {suggestion} in site.yaml",
-            path=str(path), field=enc_setting) from None
+            f"the file looks like {looks}: {fix} in site.yaml", path=str(path), field=enc_setting) from None
     if codec != "utf-8" and _is_non_ascii_utf8(data):
+        _looks, fix = _encoding_advice(data, fmt, setting, "utf-8")
         raise InputError(
             f"the file is UTF-8 (it has multi-byte UTF-8 sequences) but {enc_setting} is {fmt.encoding!r}; "
-            f"set {enc_setting}: utf-8 in site.yaml", path=str(path), field=enc_setting)
+            f"{fix} in site.yaml", path=str(path), field=enc_setting)
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _encoding_advice(data: bytes, fmt: TableFormat, setting: str, encoding: str) -> tuple[str, str]:
+    """What the file looks like and the settings to change: the encoding, and the delimiter when the
+    header (decoded with ``encoding``) is split by another one than the configured delimiter."""
+    fix = f"set {setting}.format.encoding: {encoding}"
+    delimiter = _other_delimiter(data.decode(encoding, errors="replace"), fmt.delimiter)
+    if delimiter is None:
+        return encoding, fix
+    name = _delimiter_name(delimiter)
+    return (f"{encoding}, delimited by {name}",
+            f"{fix} and {setting}.format.delimiter: {name} (it is {_delimiter_name(fmt.delimiter)})")
+
+
+def _other_delimiter(text: str, configured: str) -> str | None:
+    """The common delimiter that splits the first line more often than the configured one, if any."""
+    first = next((line for line in text.lstrip("\ufeff").splitlines() if line.strip()), "")
+    counts = {d: first.count(d) for d in _COMMON_DELIMITERS if d != configured}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > first.count(configured) else None
 
 
 def _is_non_ascii_utf8(data: bytes) -> bool:
@@ -123,12 +144,6 @@ def _split_records(text: str, delimiter: str) -> list[tuple[int, list[str], str]
     except csv.Error as exc:  # e.g. NUL bytes: the file is not a text table at all
         raise RowError(f"line {reader.line_num}: not a CSV record ({exc})") from None
     return out
-
-
-def _guess_delimiter(header_line: str, configured: str) -> str | None:
-    counts = {d: header_line.count(d) for d in _COMMON_DELIMITERS if d != configured}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] > 0 else None
 
 
 def _find_column(header: list[str], wanted: str) -> int | None:
@@ -198,7 +213,7 @@ def _missing_column_message(header: list[str], local: str, canonical: str, fmt: 
         msg += f"; did you mean {close[0]!r}?"
     msg += f" set {setting}.columns.{canonical} in site.yaml"
     if len(header) == 1:
-        guess = _guess_delimiter(text.splitlines()[0], fmt.delimiter)
+        guess = _other_delimiter(text, fmt.delimiter)
         if guess:
             msg += (f"; the header has a single column: the file seems delimited by {_delimiter_name(guess)} "
                     f"but {setting}.format.delimiter is {_delimiter_name(fmt.delimiter)}")
@@ -225,6 +240,36 @@ def header_fields(head: bytes, fmt: TableFormat, encoding: str | None = None) ->
                 fields = alt
                 break
     return [f.strip() for f in fields]
+
+
+def delimited_header(head: bytes) -> tuple[str, list[str]] | None:
+    """(delimiter, header fields) when ``head`` reads as a delimited text table, else None.
+
+    A table: text (UTF-8 or cp1252, no NUL bytes, not JSON or XML) with a header line and at least
+    one more, the header splitting into two or more fields by one of the common delimiters and the
+    next complete lines (up to five) into as many.
+    """
+    if not head or b"\x00" in head or head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[", b"<"):
+        return None
+    text = head.decode("utf-8", errors="strict") if _decodes(head, "utf-8") else head.decode("cp1252", "replace")
+    lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    if len(head) >= 8192 and lines:
+        lines = lines[:-1]  # the head may end inside the last line
+    if len(lines) < 2:
+        return None
+    for delimiter in _COMMON_DELIMITERS:
+        rows = [next(csv.reader([line], delimiter=delimiter), []) for line in lines[:6]]
+        if len(rows[0]) >= 2 and all(len(r) == len(rows[0]) for r in rows[1:]):
+            return delimiter, [f.strip() for f in rows[0]]
+    return None
+
+
+def _decodes(data: bytes, encoding: str) -> bool:
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return exc.start > len(data) - 4  # only a multi-byte character cut at the end of the head
+    return True
 
 
 def sniff_table(head: bytes, fmt: TableFormat, required_headers: Sequence[str],

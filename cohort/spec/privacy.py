@@ -6,6 +6,8 @@ logs the refusal, instead of the coordinator finding a workaround the language d
 
 from __future__ import annotations
 
+import re
+
 from cohort.spec.errors import SpecPathError
 from cohort.spec.model import CohortSpec
 
@@ -20,6 +22,20 @@ IDENTIFYING_FIELDS: frozenset[str] = frozenset({
     "device_serial_number", "study_uid", "series_uid", "sop_uid", "path", "entity_id",
 })
 
+
+def normal_field_name(name: str) -> str:
+    """A field name without case and separators, so that PatientID, patient-id and patient_id agree."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_IDENTIFYING_NORMAL = frozenset(normal_field_name(f) for f in IDENTIFYING_FIELDS)
+
+
+def is_identifying(name: str) -> bool:
+    """True for an identifying field in any spelling (``PatientID`` is ``patient_id``)."""
+    return normal_field_name(name) in _IDENTIFYING_NORMAL
+
+
 # Value types whose per-category counts would list individual rows (free text, exact dates).
 ROW_LEVEL_VALUE_TYPES: frozenset[str] = frozenset({"text", "date", "datetime", "uid"})
 
@@ -31,8 +47,9 @@ class IdentifyingRequestError(SpecPathError):
 def _identifying(path: str, field: str, use: str) -> IdentifyingRequestError:
     listed = ", ".join(sorted(IDENTIFYING_FIELDS))
     return IdentifyingRequestError(
-        path, f"field {field!r} identifies a patient or an object and cannot be {use}; "
-              f"identifying fields (cohort.spec.IDENTIFYING_FIELDS): {listed}")
+        path, f"field {field!r} is an identifying field (it identifies a patient or an object) and cannot be "
+              f"{use}; identifying fields are never counted or released (cohort.spec.IDENTIFYING_FIELDS: "
+              f"{listed})")
 
 
 def privacy_violations(spec: CohortSpec) -> list[IdentifyingRequestError]:
@@ -40,17 +57,17 @@ def privacy_violations(spec: CohortSpec) -> list[IdentifyingRequestError]:
     found: list[IdentifyingRequestError] = []
     for name, obj in spec.objects.items():
         for i, pred in enumerate(obj.where):
-            if pred.field in IDENTIFYING_FIELDS:
+            if is_identifying(pred.field):
                 found.append(_identifying(f"objects.{name}.where[{i}].field", pred.field, "filtered on"))
         if obj.within is not None:
             for attr in ("date_field", "own_date_field"):
                 value = getattr(obj.within, attr)
-                if value in IDENTIFYING_FIELDS:
+                if value is not None and is_identifying(value):
                     found.append(_identifying(f"objects.{name}.within.{attr}", value, "used as a date"))
-    if spec.label is not None and spec.label.field in IDENTIFYING_FIELDS:
+    if spec.label is not None and is_identifying(spec.label.field):
         found.append(_identifying("label.field", spec.label.field, "used as a label"))
     for i, dist in enumerate(spec.distributions):
-        if dist.field in IDENTIFYING_FIELDS:
+        if is_identifying(dist.field):
             found.append(_identifying(f"distributions[{i}].field", dist.field, "counted by value"))
     return found
 

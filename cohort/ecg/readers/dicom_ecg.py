@@ -23,6 +23,7 @@ from cohort.dicom import codes
 from cohort.ecg.readers import findings_from_statements, read_input_bytes
 from cohort.ecg.record import EcgRecord, derive_limb_leads
 from cohort.errors import InputError
+from cohort.ingest.conformance import find_truncation
 
 TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
@@ -77,6 +78,27 @@ def _pick_group(path: Path, ds: Dataset) -> int:
     return max(candidates)[2]  # the rhythm group, else the longest
 
 
+def _check_waveform_length(group: Dataset, index: int, path: Path) -> None:
+    """WaveformData must hold channels x samples x bytes per sample: a cut-off file holds fewer."""
+    try:
+        expected = (int(group.NumberOfWaveformChannels) * int(group.NumberOfWaveformSamples)
+                    * int(group.WaveformBitsAllocated) // 8)
+        actual = len(group.WaveformData)
+    except (AttributeError, TypeError, ValueError):
+        return  # incomplete group attributes: decoding below names them
+    where = f"WaveformSequence[{index}].WaveformData"
+    if actual < expected:
+        raise InputError(f"WaveformData (5400,1010) holds {actual} of the {expected} bytes that Number of "
+                         "Waveform Channels, Number of Waveform Samples and Waveform Bits Allocated call for: "
+                         "the file is truncated; export it again from the PACS or the ECG system",
+                         path=str(path), field=where)
+    if actual > expected + 1:  # one pad byte keeps an odd value length even
+        raise InputError(f"WaveformData (5400,1010) holds {actual} bytes but Number of Waveform Channels, Number "
+                         f"of Waveform Samples and Waveform Bits Allocated call for {expected}: the group's "
+                         "attributes do not describe its data; export it again from the ECG system",
+                         path=str(path), field=where)
+
+
 def _acquired(ds: Dataset) -> datetime:
     for value in (ds.get("AcquisitionDateTime"),
                   f"{ds.get('ContentDate', '')}{ds.get('ContentTime', '')}",
@@ -99,6 +121,7 @@ def record_from_dataset(ds: Dataset, path: Path) -> EcgRecord:
                          path=str(path), field="PatientID")
     index = _pick_group(path, ds)
     group = ds.WaveformSequence[index]
+    _check_waveform_length(group, index, path)
     try:
         fs = float(group.SamplingFrequency)
         samples = ds.waveform_array(index)
@@ -146,11 +169,17 @@ def record_from_dataset(ds: Dataset, path: Path) -> EcgRecord:
 def read_dataset(path: Path) -> Dataset:
     """Read a (possibly gzipped) DICOM file; InputError when it is not DICOM."""
     path = Path(path)
+    raw = read_input_bytes(path)
     try:
-        return pydicom.dcmread(io.BytesIO(read_input_bytes(path)))
-    except (InvalidDicomError, EOFError, ValueError, struct.error) as exc:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+    except (InvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
+        cut = find_truncation(raw)
+        if cut is not None:
+            raise InputError(f"the file is truncated: {cut.describe()}; export it again from the PACS",
+                             path=str(path), field="file") from None
         raise InputError(f"not a readable DICOM file ({exc}); re-export it from the PACS", path=str(path),
                          field="file") from None
+    return ds
 
 
 def read_dicom_ecg(path: Path) -> EcgRecord:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import get_expected_length
@@ -37,10 +38,26 @@ from pydicom.uid import (
 
 from cohort.dicom.patient import IDENTIFYING_ATTRIBUTES, apply_patient
 from cohort.errors import InputError
-from cohort.ingest.base import STAGE_IMAGES, ConversionResult, Converter, IngestContext, InputHead
-from cohort.siteconfig import SiteConfig
+from cohort.ingest.base import (
+    STAGE_IMAGES,
+    ConversionResult,
+    ConversionWarning,
+    Converter,
+    IngestContext,
+    InputHead,
+)
+from cohort.ingest.conformance import (
+    PIXEL_DATA_KEYWORDS,
+    decode_all,
+    find_truncation,
+    is_image_sop_class,
+    missing_attributes,
+    sop_class_name,
+)
+from cohort.siteconfig import SiteConfig, Strictness
 
-__all__ = ["DicomObjectConverter", "ECG_WAVEFORM_SOP_CLASSES", "REQUIRED_IDENTIFIERS", "read_dicom"]
+__all__ = ["DicomObjectConverter", "ECG_WAVEFORM_SOP_CLASSES", "REQUIRED_IDENTIFIERS", "check_conformance",
+           "read_dicom"]
 
 ECG_WAVEFORM_SOP_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-Lead ECG Waveform Storage
@@ -100,8 +117,15 @@ def sop_class_in_head(data: bytes) -> tuple[bool, str | None]:
     return True, uid.rstrip(b"\x00 ").decode("ascii", "replace") if uid is not None else None
 
 
+_EXPORT_AGAIN = "export it again from the PACS (the copy was cut off, e.g. by a full disk or an aborted transfer)"
+
+
 def read_dicom(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
-    """Read a DICOM file (Part 10 or bare data set, optionally gzipped); InputError if unreadable."""
+    """Read a DICOM file (Part 10 or bare data set, optionally gzipped); InputError if unreadable.
+
+    A file that ends before the elements it declares is refused as truncated, although pydicom
+    would read what is there without complaint.
+    """
     raw = Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
@@ -110,10 +134,19 @@ def read_dicom(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
             raise InputError(f"gzip-compressed file is corrupt ({exc}); export it again", path=str(path)) from None
     part10 = raw[128:132] == b"DICM"
     try:
-        return pydicom.dcmread(io.BytesIO(raw), force=not part10, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(io.BytesIO(raw), force=not part10, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, EOFError, OSError, ValueError, struct.error) as exc:
+        cut = find_truncation(raw)
+        if cut is not None:
+            raise InputError(f"the file is truncated: {cut.describe()}; {_EXPORT_AGAIN}", path=str(path)) from None
         raise InputError(f"not a readable DICOM file ({type(exc).__name__}: {exc}); export it again from "
                          "the PACS as DICOM Part 10", path=str(path)) from None
+    cut = find_truncation(raw)
+    if cut is not None:
+        field = keyword_for_tag(cut.tag) if cut.tag is not None else None
+        raise InputError(f"the file is truncated: {cut.describe()}; {_EXPORT_AGAIN}", path=str(path),
+                         field=field or None)
+    return ds
 
 
 def _check_identifiers(ds: Dataset, path: Path) -> None:
@@ -126,7 +159,13 @@ def _check_identifiers(ds: Dataset, path: Path) -> None:
 
 
 def _check_pixel_data(ds: Dataset, path: Path) -> None:
-    """Native (uncompressed) pixel data must be complete: pydicom reads a cut-off file without error."""
+    """An image must carry its pixels, and native (uncompressed) ones completely."""
+    if not any(k in ds for k in PIXEL_DATA_KEYWORDS):
+        if is_image_sop_class(str(ds.SOPClassUID)):
+            raise InputError(f"{sop_class_name(str(ds.SOPClassUID))} is an image SOP class but the file has no "
+                             "Pixel Data (7FE0,0010): it is truncated (it ends before its pixels) or was exported "
+                             f"without them; {_EXPORT_AGAIN}", path=str(path), field="PixelData")
+        return
     if "PixelData" not in ds:
         return
     meta = getattr(ds, "file_meta", None)
@@ -140,8 +179,35 @@ def _check_pixel_data(ds: Dataset, path: Path) -> None:
     actual = len(ds.PixelData)
     if actual < expected:
         raise InputError(f"Pixel Data (7FE0,0010) holds {actual} of the {expected} bytes that Rows, Columns, "
-                         "Bits Allocated and Number of Frames call for: the file is truncated - export it "
-                         "again from the PACS", path=str(path), field="PixelData")
+                         "Bits Allocated and Number of Frames call for: the file is truncated; "
+                         f"{_EXPORT_AGAIN}", path=str(path), field="PixelData")
+
+
+def check_conformance(ds: Dataset, path: Path, strictness: Strictness) -> list[ConversionWarning]:
+    """Type 1 / type 2 attributes the SOP class requires: warnings, or InputError per ``strictness``.
+
+    Every element is decoded first, so that pydicom's reading warnings (invalid values) are raised
+    while the pipeline records them for this input.
+    """
+    decode_all(ds)
+    name = sop_class_name(str(ds.SOPClassUID))
+    quarantine, warn = [], []
+    for miss in missing_attributes(ds):
+        level = strictness.missing_type1 if miss.type == "1" else strictness.missing_type2
+        if miss.needed or level == "quarantine":
+            quarantine.append(miss)
+        elif level == "warn":
+            warn.append(miss)
+    if quarantine:
+        needed = [m for m in quarantine if m.needed]
+        why = ("the index or the export needs " + ", ".join(m.keyword for m in needed)) if needed else \
+            "site.yaml strictness.missing_type1 / missing_type2 is 'quarantine'"
+        raise InputError("; ".join(m.describe(name) for m in quarantine) + f" ({why}); export the object "
+                         "again from the source system with the attribute, or correct it there",
+                         path=str(path), field=quarantine[0].keyword)
+    sop_uid = str(ds.SOPInstanceUID)
+    return [ConversionWarning(f"{m.describe(name)} (site.yaml strictness.missing_type{m.type}: warn)", sop_uid)
+            for m in warn]
 
 
 def rebuilt_file_meta(ds: Dataset) -> FileMetaDataset:
@@ -181,6 +247,7 @@ class DicomObjectConverter(Converter):
                              path=str(path), field="SOPClassUID")
         _check_identifiers(ds, path)
         _check_pixel_data(ds, path)
+        found = check_conformance(ds, path, ctx.site.strictness)
         if str(ds.SOPClassUID) in ECG_WAVEFORM_SOP_CLASSES:
             raise InputError("ECG waveform objects are converted by the DICOM ECG converter, which did not "
                              "recognise this file; check that it has a valid file meta group",
@@ -201,4 +268,4 @@ class DicomObjectConverter(Converter):
         for keyword in present:
             if keyword not in ds:
                 setattr(ds, keyword, "")
-        return ConversionResult(datasets=[ds])
+        return ConversionResult(datasets=[ds], warnings=found)

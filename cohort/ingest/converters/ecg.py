@@ -25,6 +25,7 @@ from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
 from cohort.ingest.base import STAGE_WAVEFORMS, ConversionResult, Converter, IngestContext, InputHead
 from cohort.ingest.converters.dicom_objects import (  # bare data sets too
+    check_conformance,
     read_dicom,
     rebuilt_file_meta,
     sop_class_in_head,
@@ -136,6 +137,7 @@ class DicomEcgConverter(Converter):
             if not str(ds.get(keyword, "") or "").strip():
                 raise InputError(f"{keyword} is missing; the waveform cannot be stored or referenced without "
                                  "it - export it again from the PACS", path=str(path), field=keyword)
+        found = check_conformance(ds, path, ctx.site.strictness)
         # A DICOM object always carries the PACS identity, whatever the ECG system's own exports use.
         patient = ctx.patients.resolve("pacs_id", record.patient_source_id, path=path, field="PatientID")
         try:
@@ -147,6 +149,8 @@ class DicomEcgConverter(Converter):
         ds.preamble = None
         apply_patient(ds, patient)
         try:
-            return _datasets(record, ds, patient, ctx)
+            result = _datasets(record, ds, patient, ctx)
         except InputError as exc:
             raise _with_path(exc, path) from None
+        result.warnings.extend(found)
+        return result

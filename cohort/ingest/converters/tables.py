@@ -49,6 +49,7 @@ from cohort.dicom.tables_sr import (
 )
 from cohort.errors import InputError
 from cohort.ingest.base import (
+    HEAD_BYTES,
     STAGE_TABLES,
     ConversionResult,
     Converter,
@@ -60,6 +61,7 @@ from cohort.ingest.tables import (
     RowError,
     Table,
     TableRow,
+    delimited_header,
     map_value,
     parse_date,
     parse_number,
@@ -139,6 +141,10 @@ def _resolve(ctx: IngestContext, row: TableRow, path: Path, column: str) -> Pati
     try:
         return ctx.patients.resolve("case_id", case, path=path, field=column)
     except InputError:
+        if ctx.site.identifiers is None:
+            raise RowError(f"case id {case!r} cannot be linked to a patient: the site config names no "
+                           "identifier mapping; set identifiers.file, identifiers.pacs_id_column and "
+                           "identifiers.case_id_column in site.yaml") from None
         raise RowError(f"case id {case!r} is not in the identifier mapping; add it to "
                        f"{ctx.site.identifiers.file} or correct the case id") from None
 
@@ -152,9 +158,12 @@ class IdMappingConverter(Converter):
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:
         ids = site.identifiers
-        return sniff_table(head.data, ids.format, [ids.pacs_id_column, ids.case_id_column])
+        return ids is not None and sniff_table(head.data, ids.format, [ids.pacs_id_column, ids.case_id_column])
 
     def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
+        if ctx.site.identifiers is None:
+            raise InputError("the site config names no identifier mapping; set identifiers in site.yaml",
+                             path=str(path), field="identifiers")
         mapping = read_id_mapping(path, ctx.site.identifiers)
         if not mapping.case_to_pacs:
             raise InputError("no row links a PACS id to a case id; "
@@ -310,6 +319,39 @@ class RegistryConverter(Converter):
         return RegistryRecord(nyha=int(str(nyha)) if nyha is not None else None,
                               valve_in_valve=viv == "true" if viv is not None else None,
                               **values)  # type: ignore[arg-type]
+
+
+class UnmappedTableConverter(Converter):
+    """A delimited table that no table setting of site.yaml describes: refused, naming what to set.
+
+    Registered after every other format, so it sees only tables the mapped converters did not take.
+    A table needs its column mapping: what a column means cannot be told from its content.
+    """
+
+    name: ClassVar[str] = "unmapped-table"
+    stage: ClassVar[int] = STAGE_TABLES
+    description: ClassVar[str] = "a CSV table no table setting in site.yaml describes"
+
+    def sniff(self, head: InputHead, site: SiteConfig) -> bool:
+        return delimited_header(head.data) is not None
+
+    def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
+        found = delimited_header(path.read_bytes()[:HEAD_BYTES])
+        delimiter, header = found if found is not None else (",", [])
+        columns = ", ".join(repr(h) for h in header[:12]) + (", ..." if len(header) > 12 else "")
+        where = (f"site {ctx.site.site_id!r} has no site.yaml (this ingest runs with defaults): write one and "
+                 "pass it with --site-config" if ctx.site.source_file is None or _generated(ctx.site)
+                 else f"{ctx.site.source_file} describes no table with these columns")
+        raise InputError(
+            f"a table (delimited by {delimiter!r}; columns {columns}) needs a column mapping, and {where}; set "
+            "identifiers (file, pacs_id_column, case_id_column) for a PACS id <-> case number mapping, "
+            "procedures.columns for OPS procedure codes or registry.columns for registry records, with "
+            f"format.delimiter {delimiter!r} and format.encoding", path=str(path), field="site.yaml")
+
+
+def _generated(site: SiteConfig) -> bool:
+    """The site config an ingest without site.yaml generated (kept in STORE/.ingest/)."""
+    return site.source_file is not None and Path(site.source_file).parent.name == ".ingest"
 
 
 def _in_range(value: float, rng: _Range, column: str) -> float:

@@ -86,6 +86,7 @@ def write_tables(patients: list[SyntheticPatient], profile: SiteProfile, raw_dir
     layout = _layout(profile.site_id)
     files = []
     ids = cfg.identifiers
+    assert ids is not None, "every synthetic site profile names its identifier mapping"
     mapping_rows = [[p.pacs_id, p.case_id] for p in patients]
     files.append(_write(raw_dir / ids.file, ids.format, [ids.pacs_id_column, ids.case_id_column],
                         mapping_rows, bom=False))

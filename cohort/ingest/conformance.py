@@ -1,0 +1,274 @@
+"""Attributes a DICOM object's SOP class requires, checked when the object is ingested.
+
+The tables are the standard's IOD and module tables as highdicom ships them (SOP class -> IOD ->
+modules with their usage -> attributes with their type and the sequence path they sit under).
+Checked are the unconditional types only: type 1 (present and not empty) and type 2 (present, may
+be empty); 1C / 2C depend on conditions the tables do not hold, and ``cohort validate`` (dciodvfy)
+checks those on the store. Modules checked: every mandatory one of the IOD, and a user-optional or
+conditional one when the object carries an attribute that only that module defines (the module is
+then present and must be complete). Attributes inside a sequence are checked in every item of it.
+
+What a missing attribute leads to is the site's ``strictness`` setting; attributes the index or the
+export read (``NEEDED_ATTRIBUTES``) are not a matter of strictness: without them the object is of no
+use here, so it is quarantined whatever the setting.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+from highdicom._standard_utils import (  # the standard's tables; highdicom has no public accessor
+    get_iod_module_map,
+    get_module_attribute_map,
+    get_sop_class_iod_map,
+)
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+__all__ = ["MissingAttribute", "NEEDED_ATTRIBUTES", "PIXEL_DATA_KEYWORDS", "Truncation", "decode_all",
+           "find_truncation", "is_image_sop_class", "missing_attributes", "sop_class_name"]
+
+# Read by the index (identity, references, per-kind fields) or the export (CT volumes, SEG segments,
+# ECG waveforms, SR trees): an object without one of them cannot be counted or exported correctly.
+NEEDED_ATTRIBUTES = frozenset({
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality",
+    "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "SamplesPerPixel",
+    "PhotometricInterpretation", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "SegmentSequence", "SegmentNumber", "SegmentLabel", "SegmentedPropertyCategoryCodeSequence",
+    "SegmentedPropertyTypeCodeSequence", "SegmentAlgorithmType",
+    "ValueType", "ConceptNameCodeSequence", "ContinuityOfContent",
+    "WaveformSequence", "NumberOfWaveformChannels", "NumberOfWaveformSamples", "SamplingFrequency",
+    "ChannelDefinitionSequence", "WaveformBitsAllocated", "WaveformSampleInterpretation", "WaveformData",
+})
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_IMAGE_PIXEL_MODULE = "image-pixel"
+_MANDATORY = "M"
+_CHECKED_TYPES = ("1", "2")
+
+
+@dataclass(frozen=True)
+class MissingAttribute:
+    """A type 1 or type 2 attribute the object's SOP class requires and the object lacks."""
+
+    keyword: str
+    type: str  # "1" (missing or empty) or "2" (missing)
+    module: str
+    path: tuple[str, ...]  # enclosing sequences, outermost first
+    empty: bool  # present but empty (type 1 only)
+
+    @property
+    def needed(self) -> bool:
+        """The index or the export reads it."""
+        return self.keyword in NEEDED_ATTRIBUTES
+
+    @property
+    def where(self) -> str:
+        tag = tag_for_keyword(self.keyword)
+        tag_text = f" ({Tag(tag).group:04X},{Tag(tag).element:04X})" if tag is not None else ""
+        inside = f" in {' > '.join(self.path)}" if self.path else ""
+        return f"{self.keyword}{tag_text}{inside}"
+
+    def describe(self, sop_class_name: str) -> str:
+        state = "is empty" if self.empty else "is missing"
+        return (f"type {self.type} attribute {self.where} of the {self.module} module {state}; "
+                f"{sop_class_name} requires it")
+
+
+@dataclass(frozen=True)
+class _Requirement:
+    keyword: str
+    type: str
+    module: str
+    path: tuple[str, ...]
+
+
+def _iod_of(sop_class: str) -> str | None:
+    return get_sop_class_iod_map().get(str(sop_class))
+
+
+def is_image_sop_class(sop_class: str) -> bool:
+    """True when the SOP class's IOD has the Image Pixel module as mandatory (it must carry pixels)."""
+    iod = _iod_of(sop_class)
+    return iod is not None and any(m["key"] == _IMAGE_PIXEL_MODULE and m["usage"] == _MANDATORY
+                                   for m in get_iod_module_map()[iod])
+
+
+@lru_cache(maxsize=256)
+def _requirements(sop_class: str) -> tuple[tuple[_Requirement, ...], dict[str, frozenset[str]]]:
+    """Type 1/2 requirements of the mandatory modules, and per optional module the attributes that mark it."""
+    iod = _iod_of(sop_class)
+    if iod is None:
+        return (), {}
+    modules = get_iod_module_map()[iod]
+    attrs = get_module_attribute_map()
+    mandatory = [m["key"] for m in modules if m["usage"] == _MANDATORY]
+    in_mandatory = {a["keyword"] for key in mandatory for a in attrs.get(key, []) if not a["path"]}
+    optional = {m["key"]: frozenset(a["keyword"] for a in attrs.get(m["key"], [])
+                                    if not a["path"] and a["keyword"] not in in_mandatory)
+                for m in modules if m["usage"] != _MANDATORY}
+    return _strictest(mandatory), optional
+
+
+@lru_cache(maxsize=1024)
+def _module_requirements(module: str) -> tuple[_Requirement, ...]:
+    return _strictest([module])
+
+
+def _strictest(modules: list[str]) -> tuple[_Requirement, ...]:
+    """One requirement per (path, keyword): type 1 wins over type 2 when modules disagree."""
+    attrs = get_module_attribute_map()
+    best: dict[tuple[tuple[str, ...], str], _Requirement] = {}
+    for module in modules:
+        for a in attrs.get(module, []):
+            if a["type"] not in _CHECKED_TYPES:
+                continue
+            key = (tuple(a["path"]), a["keyword"])
+            if key not in best or a["type"] < best[key].type:
+                best[key] = _Requirement(a["keyword"], a["type"], module, key[0])
+    return tuple(best.values())
+
+
+def _items(ds: Dataset, path: tuple[str, ...]) -> Iterator[Dataset]:
+    """Every item at ``path`` (sequence keywords); nothing when a sequence on the way is absent."""
+    if not path:
+        yield ds
+        return
+    head, rest = path[0], path[1:]
+    for item in ds.get(head) or []:
+        yield from _items(item, rest)
+
+
+def _is_empty(ds: Dataset, keyword: str) -> bool:
+    value = ds[keyword].value
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes, list, tuple)) or hasattr(value, "__len__"):
+        return len(value) == 0
+    return False
+
+
+def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
+    """Type 1 and type 2 attributes the object's SOP class requires and the object lacks.
+
+    Empty for SOP classes the tables do not know (private or retired ones).
+    """
+    mandatory, optional = _requirements(str(ds.get("SOPClassUID", "")))
+    present_top = set(ds.dir())
+    checked = list(mandatory)
+    for module, markers in optional.items():
+        if markers & present_top:
+            checked += _module_requirements(module)
+    out: list[MissingAttribute] = []
+    seen: set[tuple[tuple[str, ...], str]] = set()
+    for req in checked:
+        if (req.path, req.keyword) in seen:
+            continue
+        seen.add((req.path, req.keyword))
+        for item in _items(ds, req.path):
+            if req.keyword not in item:
+                out.append(MissingAttribute(req.keyword, req.type, req.module, req.path, empty=False))
+                break
+            if req.type == "1" and _is_empty(item, req.keyword):
+                out.append(MissingAttribute(req.keyword, req.type, req.module, req.path, empty=True))
+                break
+    return out
+
+
+def decode_all(ds: Dataset) -> None:
+    """Decode every element once, so that reading problems (invalid values) surface now as warnings."""
+    for _elem in ds.iterall():
+        pass
+
+
+def sop_class_name(uid: str) -> str:
+    """The SOP class's name, or the UID when pydicom does not know it."""
+    name = UID(str(uid)).name
+    return name if name and name != str(uid) else str(uid)
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Where a file ends too early: inside the value of an element, or inside an element header."""
+
+    tag: int | None  # the element cut off; None when the file ends inside a header
+    declared: int | None  # bytes the element's length field announces (None: undefined length)
+    available: int  # bytes of the element the file still holds
+
+    header_only: bool = False  # the file ends inside the element's header (tag known from its first bytes)
+
+    def describe(self) -> str:
+        if self.tag is None:
+            return f"the file ends {self.available} byte(s) into the header of an element"
+        name = f"{keyword_for_tag(self.tag) or 'element'} ({Tag(self.tag).group:04X},{Tag(self.tag).element:04X})"
+        if self.header_only:
+            return f"the file ends {self.available} byte(s) into the header of {name}, before its value"
+        if self.declared is None:
+            return f"the file ends inside {name}, {self.available} bytes after it starts, before its end marker"
+        return f"{name} declares {self.declared} bytes but the file ends {self.available} bytes into it"
+
+
+_ELEMENT_HEADER = 8
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_TRANSFER_SYNTAX_TAG = 0x00020010
+
+
+def _not_meta(tag: object, vr: str | None, length: int) -> bool:
+    return bool(Tag(tag).group != 0x0002)  # type: ignore[arg-type]
+
+
+def find_truncation(raw: bytes) -> Truncation | None:
+    """Where ``raw`` (a Part 10 file or a bare data set) ends before its top-level elements do.
+
+    pydicom reads such a file without error and silently drops what is missing (a sequence loses its
+    last items, a cut-off Pixel Data is shorter, a cut element header is ignored); the lengths the
+    file declares tell. Deflated data sets are not checked (their length is the stream's).
+    """
+    fp = io.BytesIO(raw)
+    if raw[128:132] == b"DICM":
+        fp.seek(132)
+    syntax: UID | None = None
+    if raw[fp.tell():fp.tell() + 2] == b"\x02\x00":  # the file meta group: explicit VR little endian
+        try:
+            for meta in data_element_generator(fp, False, True, stop_when=_not_meta):
+                if int(meta.tag) == _TRANSFER_SYNTAX_TAG and isinstance(meta.value, bytes):
+                    syntax = UID(meta.value.rstrip(b"\x00 ").decode("ascii", "replace"))
+        except (EOFError, OSError, ValueError, struct.error):
+            return None  # an unreadable meta group is read_dicom's to report
+    start = end = fp.tell()
+    if syntax is not None and syntax.is_deflated:
+        return None
+    if syntax is not None and syntax.is_transfer_syntax:
+        implicit, little = syntax.is_implicit_VR, syntax.is_little_endian
+    else:
+        vr = raw[start + 4:start + 6]
+        implicit = not (len(vr) == 2 and vr.isalpha() and vr.isupper())
+        little = raw[start + 1:start + 2] == b"\x00"  # groups 0002 / 0008 start a data set
+    try:
+        for elem in data_element_generator(fp, implicit, little):
+            # Undefined-length sequences come back already parsed (DataElement, no length field).
+            length = getattr(elem, "length", _UNDEFINED_LENGTH)
+            value = elem.value
+            if length != _UNDEFINED_LENGTH and isinstance(value, bytes) and len(value) < length:
+                return Truncation(int(elem.tag), int(length), len(value))
+            end = fp.tell()
+    except (EOFError, OSError, ValueError, struct.error):
+        return _cut_at(raw, end, little, header_only=len(raw) - end < _ELEMENT_HEADER)
+    if 0 < len(raw) - end < _ELEMENT_HEADER:
+        return _cut_at(raw, end, little, header_only=True)
+    return None
+
+
+def _cut_at(raw: bytes, offset: int, little: bool, *, header_only: bool) -> Truncation:
+    """The element that starts at ``offset`` and that the file cuts off (its tag, when 4 bytes remain)."""
+    left = len(raw) - offset
+    if left < 4:
+        return Truncation(None, None, left)
+    group, element = struct.unpack_from("<HH" if little else ">HH", raw, offset)
+    return Truncation((group << 16) | element, None, left, header_only=header_only)
