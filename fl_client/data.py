@@ -7,6 +7,7 @@ broken export fails here with the offending key rather than deep inside a data l
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,18 +16,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from cohort.errors import ConfigError, InputError
-from fl_client.transforms import PreprocessConfig, TabularStats, site_transforms
+from fl_client.normalization import NormStats, norm_stats, site_moments
+from fl_client.transforms import PreprocessConfig, cached_transforms, normalize_transforms
 
 __all__ = [
-    "DATALIST_FILE", "DATALIST_VERSION", "DataConfig", "Datalist", "DatalistEntry", "TabularFeature",
-    "build_datasets", "load_datalist", "make_loader", "positive_weight", "split_train_val",
+    "CACHE_DIR", "DATALIST_FILE", "DATALIST_VERSION", "DataConfig", "Datalist", "DatalistEntry", "TabularFeature",
+    "build_datasets", "load_datalist", "make_loader", "positive_weight", "preprocess_cache_dir",
+    "preprocessed_dataset", "site_norm_stats", "split_train_val",
 ]
 
 DATALIST_FILE = "datalist.json"
 DATALIST_VERSION = 1
+CACHE_DIR = "preprocessed"  # under the export folder: one subfolder per (cohort hash, preprocessing)
+CACHE_FORMAT = 1  # bump when the cached chain changes in code, so old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -84,23 +89,25 @@ class DataConfig:
         preprocess: Preprocessing settings (must match across sites).
         val_fraction: Share of each label class held out for local validation.
         seed: Seed of the train/validation split.
-        cache: Use ``CacheDataset`` (preprocess once, keep in memory) instead of ``Dataset``.
-        cache_rate: Share of samples cached when ``cache`` is on.
-        cache_workers: Threads used to fill the cache.
+        cache: Keep preprocessed samples in memory (``CacheDataset``) for the datasets' lifetime.
+        persistent: Store preprocessed samples on disk (``PersistentDataset``) under the export folder,
+            keyed by the cohort hash and the preprocessing settings (:func:`preprocess_cache_dir`), so
+            later rounds and runs read tensors instead of NIfTI and ECG files.
+        cache_root: Folder of the on-disk cache; None: ``<export>/preprocessed``.
+        cache_workers: Threads used to fill the in-memory cache.
     """
 
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     val_fraction: float = 0.25
     seed: int = 0
     cache: bool = True
-    cache_rate: float = 1.0
+    persistent: bool = True
+    cache_root: Path | None = None
     cache_workers: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction={self.val_fraction} must be in [0, 1)")
-        if not 0.0 <= self.cache_rate <= 1.0:
-            raise ConfigError(f"cache_rate={self.cache_rate} must be in [0, 1]")
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -247,24 +254,66 @@ def positive_weight(entries: Sequence[DatalistEntry]) -> float:
 # --------------------------------------------------------------------------------------- datasets
 
 
-def _dataset(samples: list[dict[str, Any]], transform: Any, cfg: DataConfig) -> Dataset:
+def preprocess_cache_dir(datalist: Datalist, cfg: DataConfig) -> Path:
+    """Where the preprocessed samples of this export live on disk.
+
+    The folder name is a hash of everything the cached samples depend on: the cohort hash (spec and
+    matched objects), the export's ECG rate and length, the preprocessing settings of the cached
+    chain and the cache format. A change of any of them gives a new folder (the old one is never
+    read again); the split, seed, statistics and training settings do not enter it.
+    """
+    key = json.dumps({"cohort_hash": datalist.cohort_hash, "ecg_sampling_rate": datalist.ecg_sampling_rate,
+                      "ecg_samples": datalist.ecg_samples, "preprocess": cfg.preprocess.cache_settings(),
+                      "format": CACHE_FORMAT}, sort_keys=True)
+    root = cfg.cache_root if cfg.cache_root is not None else datalist.root / CACHE_DIR
+    return Path(root) / hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def preprocessed_dataset(datalist: Datalist, entries: Sequence[DatalistEntry], cfg: DataConfig) -> Dataset:
+    """Samples of ``entries`` after the statistics-free chain (:func:`~fl_client.transforms.cached_transforms`).
+
+    With ``cfg.persistent`` the chain runs once per patient and export (MONAI ``PersistentDataset``);
+    with ``cfg.cache`` the samples are also held in memory (``CacheDataset``), so epochs read tensors.
+    """
+    samples = [e.to_sample() for e in entries]
+    chain = cached_transforms(cfg.preprocess, datalist.ecg_sampling_rate)
+    if cfg.persistent:
+        directory = preprocess_cache_dir(datalist, cfg)
+        directory.mkdir(parents=True, exist_ok=True)
+        on_disk: Dataset = PersistentDataset(samples, chain, cache_dir=directory)
+        if not cfg.cache:
+            return on_disk
+        return CacheDataset(on_disk, transform=None, num_workers=cfg.cache_workers, progress=False)  # type: ignore[arg-type]
     if cfg.cache:
-        return CacheDataset(samples, transform, cache_rate=cfg.cache_rate, num_workers=cfg.cache_workers,
-                            progress=False)
-    return Dataset(samples, transform)
+        return CacheDataset(samples, chain, num_workers=cfg.cache_workers, progress=False)
+    return Dataset(samples, chain)
 
 
-def build_datasets(datalist: Datalist, cfg: DataConfig | None = None) -> tuple[Dataset, Dataset]:
+def site_norm_stats(datalist: Datalist, train: Sequence[DatalistEntry], train_samples: Dataset) -> NormStats:
+    """Normalisation statistics of this site's own training split (the non-federated fallback)."""
+    m = site_moments([e.tabular for e in train], [f.unit for f in datalist.tabular_features],
+                     (train_samples[i] for i in range(len(train_samples))))
+    return norm_stats(m.tabular, m.ecg)
+
+
+def build_datasets(datalist: Datalist, cfg: DataConfig | None = None,
+                   stats: NormStats | None = None) -> tuple[Dataset, Dataset]:
     """Split the datalist and build the training and validation datasets.
 
-    Tabular imputation statistics are fitted on the training split only.
+    Args:
+        datalist: The site's cohort export.
+        cfg: Split, preprocessing and cache settings.
+        stats: Normalisation statistics (the consortium's, from the coordinator). None: computed from
+            this site's training split, so validation values never leak into preprocessing.
     """
     cfg = cfg or DataConfig()
     train, val = split_train_val(datalist.entries, cfg.val_fraction, cfg.seed)
-    stats = TabularStats.fit([e.tabular for e in train], datalist.n_tabular)
-    transform = site_transforms(cfg.preprocess, stats, datalist.ecg_sampling_rate)
-    return (_dataset([e.to_sample() for e in train], transform, cfg),
-            _dataset([e.to_sample() for e in val], transform, cfg))
+    train_pre = preprocessed_dataset(datalist, train, cfg)
+    val_pre = preprocessed_dataset(datalist, val, cfg)
+    if stats is None:
+        stats = site_norm_stats(datalist, train, train_pre)
+    tail = normalize_transforms(cfg.preprocess, stats.tabular, stats.ecg)
+    return Dataset(train_pre, tail), Dataset(val_pre, tail)  # type: ignore[arg-type]
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,

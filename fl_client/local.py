@@ -17,14 +17,15 @@ from cohort.export.tabular import TABULAR_FEATURES
 from cohort.siteconfig import SiteConfig
 from fl_client.data import (
     DataConfig,
-    Datalist,
     build_datasets,
     load_datalist,
     make_loader,
     positive_weight,
+    preprocessed_dataset,
     split_train_val,
 )
 from fl_client.model import ModelConfig, MultiModalNet, get_weights, set_weights
+from fl_client.normalization import NormStats, SiteMoments, site_moments
 from fl_client.train import EvalStats, TrainConfig, TrainStats, evaluate, train
 from fl_client.transforms import PreprocessConfig
 
@@ -46,17 +47,25 @@ class TrainingSettings:
         kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
         return ModelConfig(n_tabular=len(TABULAR_FEATURES), **kwargs)
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, proximal_mu: float = 0.0) -> TrainConfig:
         t = self.training
         return TrainConfig(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
-                           weight_decay=float(t["weight_decay"]), seed=self.seed)
+                           weight_decay=float(t["weight_decay"]), seed=self.seed,
+                           loss=str(t.get("loss", "weighted_bce")),  # type: ignore[arg-type]
+                           focal_gamma=float(t.get("focal_gamma", 2.0)), proximal_mu=float(proximal_mu))
 
     def data_config(self) -> DataConfig:
         t = self.training
         shape = int(t["ct_shape"])
         pre = PreprocessConfig(ct_spacing=float(t["ct_spacing_mm"]), ct_shape=(shape, shape, shape),
-                               ecg_rate=int(t["ecg_sampling_rate"]))
+                               ecg_rate=int(t["ecg_sampling_rate"]),
+                               ecg_scaling=str(t.get("ecg_scaling", "standardize")))  # type: ignore[arg-type]
         return DataConfig(preprocess=pre, val_fraction=float(t["val_fraction"]), seed=self.seed)
+
+    @property
+    def normalization(self) -> str:
+        """"consortium" (statistics from the federated moments round) or "site" (own training split)."""
+        return str(self.training.get("normalization", "site"))
 
 
 def export_dir(site: SiteConfig, spec_json: dict[str, Any], subset: str) -> Path:
@@ -71,30 +80,42 @@ def export_dir(site: SiteConfig, spec_json: dict[str, Any], subset: str) -> Path
     return out
 
 
-def _datasets(datalist: Datalist, settings: TrainingSettings):  # type: ignore[no-untyped-def]
-    return build_datasets(datalist, settings.data_config())
-
-
 def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
-        weights: list[np.ndarray]) -> tuple[list[np.ndarray], TrainStats]:
-    """One round of local training from the global ``weights``."""
+        weights: list[np.ndarray], stats: NormStats | None = None,
+        proximal_mu: float = 0.0) -> tuple[list[np.ndarray], TrainStats]:
+    """One round of local training from the global ``weights``.
+
+    ``stats``: the consortium's normalisation statistics (None: this site's own training split);
+    ``proximal_mu``: FedProx's proximal weight, as the strategy sends it.
+    """
     datalist = load_datalist(export_dir(site, spec_json, subset))
-    train_ds, _ = _datasets(datalist, settings)
-    cfg = settings.train_config()
+    data_cfg = settings.data_config()
+    train_ds, _ = build_datasets(datalist, data_cfg, stats)
+    cfg = settings.train_config(proximal_mu)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
-    train_entries, _ = split_train_val(datalist.entries, settings.data_config().val_fraction, settings.seed)
+    train_entries, _ = split_train_val(datalist.entries, data_cfg.val_fraction, settings.seed)
     loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    stats = train(model, loader, cfg, pos_weight=positive_weight(train_entries))
-    return get_weights(model), stats
+    stats_out = train(model, loader, cfg, pos_weight=positive_weight(train_entries))
+    return get_weights(model), stats_out
 
 
 def validate(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
-             weights: list[np.ndarray]) -> EvalStats:
+             weights: list[np.ndarray], stats: NormStats | None = None) -> EvalStats:
     """Evaluate the global ``weights`` on this site's fixed validation split."""
     datalist = load_datalist(export_dir(site, spec_json, subset))
-    _, val_ds = _datasets(datalist, settings)
+    _, val_ds = build_datasets(datalist, settings.data_config(), stats)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
     with torch.no_grad():
         return evaluate(model, make_loader(val_ds, settings.train_config().batch_size))
+
+
+def moments(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings) -> SiteMoments:
+    """Moments of this site's training split for the consortium-wide normalisation statistics."""
+    datalist = load_datalist(export_dir(site, spec_json, subset))
+    data_cfg = settings.data_config()
+    train_entries, _ = split_train_val(datalist.entries, data_cfg.val_fraction, settings.seed)
+    samples = preprocessed_dataset(datalist, train_entries, data_cfg)
+    return site_moments([e.tabular for e in train_entries], [f.unit for f in datalist.tabular_features],
+                        (samples[i] for i in range(len(samples))))

@@ -1,16 +1,19 @@
 """Local training and evaluation of :class:`~fl_client.model.MultiModalNet` on one site's data.
 
 Sample counts (not batch counts) are returned so FedAvg can weight sites correctly. Class imbalance
-is handled through ``BCEWithLogitsLoss(pos_weight=n_negative / n_positive)``.
+is handled by the loss (``TrainConfig.loss``): BCE with ``pos_weight = n_negative / n_positive`` of the
+site's own training split, or MONAI's alpha-balanced focal loss with ``alpha = n_negative / n``.
+FedProx adds ``mu / 2 * ||w - w_global||^2`` to the loss when ``proximal_mu > 0``.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,13 +31,14 @@ from fl_client.transforms import (
 )
 
 __all__ = [
-    "DECISION_THRESHOLD", "BinaryMetrics", "EvalStats", "TrainConfig", "TrainStats", "binary_metrics",
+    "DECISION_THRESHOLD", "LOSSES", "BinaryMetrics", "EvalStats", "TrainConfig", "TrainStats", "binary_metrics",
     "evaluate", "predict", "resolve_device", "roc_auc", "seed_everything", "train",
 ]
 
 # Fixed operating point of the reported metrics. With pos_weight balancing the classes during
 # training, 0.5 corresponds to equal weight on both classes rather than to the site's prevalence.
 DECISION_THRESHOLD = 0.5
+LOSSES = ("weighted_bce", "focal")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,10 @@ class TrainConfig:
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N".
         seed: Seed of torch, numpy and random before training (dropout, shuffling).
         num_workers: DataLoader worker processes (0: load in the main process).
+        loss: "weighted_bce" (BCE with the positive class weighted by n_neg / n_pos) or "focal"
+            (alpha-balanced focal loss, ``focal_gamma``).
+        focal_gamma: Focusing parameter of the focal loss.
+        proximal_mu: FedProx proximal weight (0: plain local training).
     """
 
     epochs: int = 1
@@ -61,12 +69,19 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 0
+    loss: Literal["weighted_bce", "focal"] = "weighted_bce"
+    focal_gamma: float = 2.0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError(f"epochs={self.epochs} and batch_size={self.batch_size} must be >= 1")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ConfigError(f"lr={self.lr} must be > 0 and weight_decay={self.weight_decay} >= 0")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss={self.loss!r} is not valid; choose one of {LOSSES}")
+        if self.focal_gamma < 0 or self.proximal_mu < 0:
+            raise ConfigError(f"focal_gamma={self.focal_gamma} and proximal_mu={self.proximal_mu} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -77,11 +92,21 @@ class TrainStats:
         num_samples: Training samples in one epoch (the FedAvg weight; not multiplied by epochs).
         loss: Mean per-sample training loss of the last epoch.
         epoch_losses: Mean per-sample loss of every epoch, in order.
+        data_seconds: Wall time spent waiting for batches (loading, transforms, collation).
+        step_seconds: Wall time of forward, backward and optimizer steps.
     """
 
     num_samples: int
     loss: float
     epoch_losses: tuple[float, ...] = field(default_factory=tuple)
+    data_seconds: float = 0.0
+    step_seconds: float = 0.0
+
+    @property
+    def model_share(self) -> float:
+        """Share of the training time spent in the model (forward + backward + step)."""
+        total = self.data_seconds + self.step_seconds
+        return self.step_seconds / total if total > 0 else math.nan
 
 
 @dataclass(frozen=True)
@@ -164,37 +189,76 @@ def _model_device(model: nn.Module) -> torch.device:
 # ----------------------------------------------------------------------------------------- training
 
 
+class _Loss(nn.Module):
+    """The configured classification loss over logits ``(B,)`` and 0/1 labels ``(B,)``."""
+
+    def __init__(self, cfg: TrainConfig, pos_weight: float, device: torch.device) -> None:
+        super().__init__()
+        self.kind = cfg.loss
+        if cfg.loss == "focal":
+            from monai.losses import FocalLoss
+
+            # pos_weight = n_neg / n_pos  ->  alpha = n_neg / n, the weight of the positive class.
+            alpha = pos_weight / (1.0 + pos_weight)
+            self.fn: nn.Module = FocalLoss(gamma=cfg.focal_gamma, alpha=alpha, use_softmax=False, reduction="mean")
+        else:
+            self.fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.kind == "focal":
+            return self.fn(logits.reshape(-1, 1), labels.reshape(-1, 1))
+        return self.fn(logits, labels)
+
+
+def _proximal_term(model: nn.Module, anchor: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))  # type: ignore[return-value]
+
+
 def train(model: nn.Module, loader: Iterable[Mapping[str, Any]], cfg: TrainConfig,
           pos_weight: float = 1.0) -> TrainStats:
-    """Train ``model`` in place for ``cfg.epochs`` epochs with AdamW and weighted BCE.
+    """Train ``model`` in place for ``cfg.epochs`` epochs with AdamW and the configured loss.
 
     Args:
-        model: The model; moved to the configured device.
+        model: The model, holding the global weights of the round; moved to the configured device.
         loader: Yields batches with the keys of :func:`fl_client.transforms.site_transforms`.
-        cfg: Training settings.
-        pos_weight: Weight of the positive class, e.g. :func:`fl_client.data.positive_weight`.
+        cfg: Training settings (``proximal_mu > 0``: FedProx, anchored at the weights ``model`` has now).
+        pos_weight: ``n_negative / n_positive`` of the training split, e.g.
+            :func:`fl_client.data.positive_weight`.
     """
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     model.to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    criterion = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(pos_weight), device=device))
+    criterion = _Loss(cfg, pos_weight, device)
+    anchor = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu > 0 else None
     epoch_losses: list[float] = []
     num_samples = 0
+    data_s = step_s = 0.0
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(cfg.epochs):
         total, count = 0.0, 0
+        t_data = time.perf_counter()
         for batch in loader:
             labels = _labels(batch, device)
+            inputs = _model_inputs(batch, device)
+            sync()
+            t_step = time.perf_counter()
+            data_s += t_step - t_data
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(**_model_inputs(batch, device)), labels)
+            loss = criterion(model(**inputs), labels)
+            if anchor is not None:
+                loss = loss + cfg.proximal_mu / 2.0 * _proximal_term(model, anchor)
             loss.backward()
             optimizer.step()
-            total += loss.item() * labels.numel()
+            total += loss.item() * labels.numel()  # .item() synchronizes the device
             count += labels.numel()
+            t_data = time.perf_counter()
+            step_s += t_data - t_step
         num_samples = count
         epoch_losses.append(total / count if count else math.nan)
-    return TrainStats(num_samples=num_samples, loss=epoch_losses[-1], epoch_losses=tuple(epoch_losses))
+    return TrainStats(num_samples=num_samples, loss=epoch_losses[-1], epoch_losses=tuple(epoch_losses),
+                      data_seconds=data_s, step_seconds=step_s)
 
 
 @torch.no_grad()

@@ -36,10 +36,11 @@ from cohort.errors import ConfigError, InputError
 __all__ = [
     "CT_KEY", "CT_PRESENT_KEY", "ECG_KEY", "ECG_PRESENT_KEY", "LABEL_KEY", "TABULAR_KEY",
     "TABULAR_MISSING_KEY", "ECG_LEADS",
-    "PreprocessConfig", "TabularStats",
+    "ECG_SCALINGS", "EcgStats", "IfPresentd", "PreprocessConfig", "TabularStats",
     "LoadECG", "LoadECGd", "ScaleECG", "ScaleECGd", "ResampleECG", "ResampleECGd",
     "FixLengthECG", "FixLengthECGd", "ImputeStandardize", "ImputeStandardized",
-    "MissingModalityd", "ct_transforms", "ecg_transforms", "site_transforms",
+    "MissingModalityd", "cached_transforms", "ct_transforms", "ecg_transforms", "normalize_transforms",
+    "site_transforms",
 ]
 
 # Keys of the sample dictionaries: the datalist's own keys plus the ones these transforms add.
@@ -52,6 +53,7 @@ ECG_PRESENT_KEY = "ecg_present"
 TABULAR_MISSING_KEY = "tabular_missing"
 
 ECG_LEADS = 12
+ECG_SCALINGS = ("standardize", "fixed", "consortium")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ class PreprocessConfig:
         hu_window: HU range mapped linearly onto 0..1 (values outside are clipped).
         ecg_rate: Output ECG sampling rate in Hz; must divide into the source rate by a rational factor.
         ecg_seconds: Output ECG length in seconds (crop at the end / zero pad at the end).
-        ecg_scaling: "standardize" (per-lead zero mean, unit variance) or "fixed" (divide by ``ecg_mv_scale``).
+        ecg_scaling: "standardize" (per recording and lead: zero mean, unit variance), "fixed" (divide
+            by ``ecg_mv_scale``) or "consortium" (per lead, with the consortium-wide mean and standard
+            deviation of :class:`EcgStats`, so amplitudes stay comparable across patients and sites).
         ecg_mv_scale: Divisor in mV for ``ecg_scaling="fixed"``.
     """
 
@@ -76,14 +80,14 @@ class PreprocessConfig:
     hu_window: tuple[float, float] = (-200.0, 1000.0)
     ecg_rate: int = 250
     ecg_seconds: float = 10.0
-    ecg_scaling: Literal["standardize", "fixed"] = "standardize"
+    ecg_scaling: Literal["standardize", "fixed", "consortium"] = "standardize"
     ecg_mv_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.ct_fit not in ("crop_pad", "resize"):
             raise ConfigError(f"ct_fit={self.ct_fit!r} is not valid; choose 'crop_pad' or 'resize'")
-        if self.ecg_scaling not in ("standardize", "fixed"):
-            raise ConfigError(f"ecg_scaling={self.ecg_scaling!r} is not valid; choose 'standardize' or 'fixed'")
+        if self.ecg_scaling not in ECG_SCALINGS:
+            raise ConfigError(f"ecg_scaling={self.ecg_scaling!r} is not valid; choose one of {ECG_SCALINGS}")
         if self.hu_window[0] >= self.hu_window[1]:
             raise ConfigError(f"hu_window={self.hu_window} must be (low, high) with low < high")
         if self.ct_spacing <= 0 or self.ecg_rate <= 0 or self.ecg_seconds <= 0 or self.ecg_mv_scale <= 0:
@@ -93,6 +97,11 @@ class PreprocessConfig:
     def ecg_length(self) -> int:
         """Number of ECG samples per lead after preprocessing."""
         return round(self.ecg_rate * self.ecg_seconds)
+
+    def cache_settings(self) -> dict[str, Any]:
+        """The settings the cached (per-patient, statistics-free) part of the chain depends on."""
+        return {"ct_spacing": self.ct_spacing, "ct_shape": list(self.ct_shape), "ct_fit": self.ct_fit,
+                "hu_window": list(self.hu_window), "ecg_rate": self.ecg_rate, "ecg_seconds": self.ecg_seconds}
 
 
 # ---------------------------------------------------------------------------------------------- ECG
@@ -111,15 +120,26 @@ class LoadECG(Transform):
 
 
 class ScaleECG(Transform):
-    """Scale an ECG per lead to zero mean and unit variance, or divide it by a fixed mV value."""
+    """Scale an ECG: per recording and lead to zero mean and unit variance, by a fixed mV value, or per
+    lead with consortium-wide statistics (``mode="consortium"``, needs ``stats``)."""
 
-    def __init__(self, mode: Literal["standardize", "fixed"] = "standardize", mv_scale: float = 1.0) -> None:
+    def __init__(self, mode: Literal["standardize", "fixed", "consortium"] = "standardize", mv_scale: float = 1.0,
+                 stats: EcgStats | None = None) -> None:
+        if mode == "consortium" and stats is None:
+            raise ConfigError("ecg_scaling='consortium' needs the consortium's ECG statistics (EcgStats)")
         self.mode = mode
         self.mv_scale = mv_scale
+        self.stats = stats
 
-    def __call__(self, ecg: np.ndarray) -> np.ndarray:
+    def __call__(self, ecg: np.ndarray | torch.Tensor) -> np.ndarray:
+        ecg = np.asarray(ecg)
         if self.mode == "fixed":
             return (ecg / self.mv_scale).astype(np.float32)
+        if self.mode == "consortium":
+            assert self.stats is not None
+            means = np.asarray(self.stats.means, dtype=np.float32)[:, None]
+            stds = np.asarray(self.stats.stds, dtype=np.float32)[:, None]
+            return ((ecg - means) / stds).astype(np.float32)
         x = ecg.astype(np.float64)
         mean = x.mean(axis=-1, keepdims=True)
         std = x.std(axis=-1, keepdims=True)
@@ -182,9 +202,9 @@ class LoadECGd(_ArrayTwind):
 class ScaleECGd(_ArrayTwind):
     """Dictionary twin of :class:`ScaleECG`."""
 
-    def __init__(self, keys: KeysCollection, mode: Literal["standardize", "fixed"] = "standardize",
-                 mv_scale: float = 1.0) -> None:
-        super().__init__(keys, ScaleECG(mode, mv_scale))
+    def __init__(self, keys: KeysCollection, mode: Literal["standardize", "fixed", "consortium"] = "standardize",
+                 mv_scale: float = 1.0, stats: EcgStats | None = None) -> None:
+        super().__init__(keys, ScaleECG(mode, mv_scale, stats))
 
 
 class ResampleECGd(_ArrayTwind):
@@ -202,6 +222,18 @@ class FixLengthECGd(_ArrayTwind):
 
 
 # ------------------------------------------------------------------------------------------ tabular
+
+
+@dataclass(frozen=True)
+class EcgStats:
+    """Per-lead mean and standard deviation (mV) of preprocessed ECG samples, for ``ecg_scaling="consortium"``."""
+
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.means) != ECG_LEADS or len(self.stds) != ECG_LEADS:
+            raise ConfigError(f"EcgStats needs {ECG_LEADS} means and stds, got {len(self.means)} and {len(self.stds)}")
 
 
 @dataclass(frozen=True)
@@ -325,32 +357,66 @@ def ct_transforms(cfg: PreprocessConfig, key: str = CT_KEY) -> Compose:
 
 
 def ecg_transforms(cfg: PreprocessConfig, source_rate: int, key: str = ECG_KEY) -> Compose:
-    """ECG chain: ``.npy`` in mV -> resampled, scaled, fixed-length ``(12, ecg_length)`` tensor."""
+    """ECG chain: ``.npy`` in mV -> resampled, fixed-length ``(12, ecg_length)`` tensor in mV.
+
+    Scaling is not part of it: it may need consortium statistics (:func:`normalize_transforms`).
+    """
     return Compose([
         LoadECGd(key),
         ResampleECGd(key, source_rate, cfg.ecg_rate),
-        ScaleECGd(key, cfg.ecg_scaling, cfg.ecg_mv_scale),
         FixLengthECGd(key, cfg.ecg_length),
         EnsureTyped(key, dtype=torch.float32, track_meta=False),
     ])
 
 
-def site_transforms(cfg: PreprocessConfig, stats: TabularStats, ecg_source_rate: int) -> Compose:
-    """The whole per-sample chain for datalist entries with keys ct, ecg, tabular and label.
+class IfPresentd(MapTransform):
+    """Apply a dictionary transform only when the sample's presence flag is set (see MissingModalityd)."""
 
-    Args:
-        cfg: Preprocessing settings shared by all sites.
-        stats: Tabular statistics fitted on the training split.
-        ecg_source_rate: Sampling rate of the exported ECG arrays (datalist ``ecg_sampling_rate``).
+    def __init__(self, flag_key: str, transform: Callable[[dict[Hashable, Any]], dict[Hashable, Any]]) -> None:
+        super().__init__([flag_key])
+        self.flag_key = flag_key
+        self.transform = transform
 
-    Returns:
-        A Compose producing ``ct (1, *ct_shape)``, ``ct_present``, ``ecg (12, ecg_length)``,
-        ``ecg_present``, ``tabular (F,)``, ``tabular_missing (F,)`` and a float ``label``.
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        return dict(self.transform(d)) if float(d[self.flag_key]) > 0 else d
+
+
+def cached_transforms(cfg: PreprocessConfig, ecg_source_rate: int) -> Compose:
+    """The per-patient part of the chain that depends on no statistics: what the cache stores.
+
+    CT: loaded, reoriented, resampled, windowed and fitted to ``ct_shape``; ECG: loaded, resampled and
+    fixed in length, still in mV. Tabular values and the label pass through unchanged.
     """
     return Compose([
         MissingModalityd(CT_KEY, ct_transforms(cfg), (1, *cfg.ct_shape), CT_PRESENT_KEY),
         MissingModalityd(ECG_KEY, ecg_transforms(cfg, ecg_source_rate), (ECG_LEADS, cfg.ecg_length),
                          ECG_PRESENT_KEY),
-        ImputeStandardized(TABULAR_KEY, stats),
         EnsureTyped(LABEL_KEY, dtype=torch.float32, track_meta=False),
     ])
+
+
+def normalize_transforms(cfg: PreprocessConfig, stats: TabularStats, ecg_stats: EcgStats | None = None) -> Compose:
+    """The statistics-dependent tail, applied after the cache: ECG scaling and tabular imputation."""
+    return Compose([
+        IfPresentd(ECG_PRESENT_KEY, Compose([ScaleECGd(ECG_KEY, cfg.ecg_scaling, cfg.ecg_mv_scale, ecg_stats),
+                                             EnsureTyped(ECG_KEY, dtype=torch.float32, track_meta=False)])),
+        ImputeStandardized(TABULAR_KEY, stats),
+    ])
+
+
+def site_transforms(cfg: PreprocessConfig, stats: TabularStats, ecg_source_rate: int,
+                    ecg_stats: EcgStats | None = None) -> Compose:
+    """The whole per-sample chain for datalist entries with keys ct, ecg, tabular and label.
+
+    Args:
+        cfg: Preprocessing settings shared by all sites.
+        stats: Tabular statistics (the site's training split, or the consortium's).
+        ecg_source_rate: Sampling rate of the exported ECG arrays (datalist ``ecg_sampling_rate``).
+        ecg_stats: Per-lead ECG statistics, required for ``ecg_scaling="consortium"``.
+
+    Returns:
+        A Compose producing ``ct (1, *ct_shape)``, ``ct_present``, ``ecg (12, ecg_length)``,
+        ``ecg_present``, ``tabular (F,)``, ``tabular_missing (F,)`` and a float ``label``.
+    """
+    return Compose([cached_transforms(cfg, ecg_source_rate), normalize_transforms(cfg, stats, ecg_stats)])

@@ -153,7 +153,9 @@ def reply_payload(msg: object) -> dict[str, object]:
 def run_recorded_simulation(consortium: Consortium, settings: object, log_file: Path) -> list[dict[str, object]]:
     """Run the project's ServerApp and ClientApp on the simulation engine; return the reply payloads.
 
-    The Flower log of the run (logger ``flwr``) is also written to ``log_file``.
+    ``settings`` may be a list: the ServerApp then runs one federation per entry, in order, on the
+    same simulation (one engine start for several runs). The Flower log of the run (logger ``flwr``)
+    is also written to ``log_file``.
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -167,9 +169,10 @@ def run_recorded_simulation(consortium: Consortium, settings: object, log_file: 
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        rec = RecordingGrid(grid)
-        grids.append(rec)
-        run_federation(rec, settings)  # type: ignore[arg-type]
+        for one in settings if isinstance(settings, list) else [settings]:
+            rec = RecordingGrid(grid)
+            grids.append(rec)
+            run_federation(rec, one)  # type: ignore[arg-type]
 
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))

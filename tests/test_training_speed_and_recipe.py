@@ -1,0 +1,255 @@
+"""The preprocessing cache, federated normalisation statistics, losses, reproducibility, early stopping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cohort.errors import ConfigError
+from fl_client.data import (
+    DataConfig,
+    build_datasets,
+    load_datalist,
+    make_loader,
+    positive_weight,
+    preprocess_cache_dir,
+    preprocessed_dataset,
+    split_train_val,
+)
+from fl_client.model import ModelConfig, MultiModalNet, get_weights
+from fl_client.normalization import (
+    NormStats,
+    SiteMoments,
+    combine,
+    norm_stats,
+    release_moments,
+    site_moments,
+)
+from fl_client.train import TrainConfig, train
+from fl_client.transforms import CT_KEY, ECG_KEY, ECG_PRESENT_KEY, TabularStats, cached_transforms
+from tests.test_training import FEATURES, PRE, SMALL_MODEL, _write_export
+
+
+@pytest.fixture()
+def export(tmp_path: Path) -> Path:
+    root = tmp_path / "export"
+    _write_export(root)
+    return root
+
+
+def _cfg(tmp: Path, **kw: object) -> DataConfig:
+    return DataConfig(preprocess=PRE, cache_root=tmp / "cache", **kw)  # type: ignore[arg-type]
+
+
+def _cache_files(directory: Path) -> dict[str, float]:
+    return {p.name: p.stat().st_mtime_ns for p in directory.glob("*.pt")}
+
+
+# -------------------------------------------------------------------------------------------- cache
+
+
+def test_cached_samples_equal_the_uncached_chain(export: Path, tmp_path: Path) -> None:
+    dl = load_datalist(export)
+    cached = preprocessed_dataset(dl, dl.entries, _cfg(tmp_path))
+    chain = cached_transforms(PRE, dl.ecg_sampling_rate)
+    for i in (0, 1, 5):
+        want = chain(dl.entries[i].to_sample())
+        got = cached[i]
+        for key in (CT_KEY, ECG_KEY):
+            assert torch.equal(torch.as_tensor(got[key]), torch.as_tensor(want[key]))
+
+
+def test_cache_is_reused_and_sources_are_not_read_again(export: Path, tmp_path: Path) -> None:
+    dl = load_datalist(export)
+    cfg = _cfg(tmp_path)
+    first, _ = build_datasets(dl, cfg)
+    before = [first[i] for i in range(len(first))]
+    directory = preprocess_cache_dir(dl, cfg)
+    files = _cache_files(directory)
+    assert len(files) == len(dl.entries)  # one file per patient (training and validation split)
+    # Another split seed: other training patients and statistics, same cache folder, no file rewritten.
+    again = replace(cfg, seed=cfg.seed + 1)
+    shutil.rmtree(export / "ct")  # the sources are gone: a rebuild must read the cache only
+    shutil.rmtree(export / "ecg")
+    second, second_val = build_datasets(dl, again)
+    assert _cache_files(directory) == files
+    by_patient = {s["patient"]: s for ds in (second, second_val) for s in (ds[i] for i in range(len(ds)))}
+    for a in before:
+        assert torch.equal(torch.as_tensor(a[CT_KEY]), torch.as_tensor(by_patient[a["patient"]][CT_KEY]))
+    assert preprocess_cache_dir(dl, replace(cfg, val_fraction=0.4, seed=7)) == directory
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda dl, cfg: (replace(dl, cohort_hash="other"), cfg), id="cohort-hash"),
+    pytest.param(lambda dl, cfg: (dl, replace(cfg, preprocess=replace(PRE, ct_shape=(6, 6, 6)))), id="ct-shape"),
+    pytest.param(lambda dl, cfg: (dl, replace(cfg, preprocess=replace(PRE, ct_spacing=3.0))), id="ct-spacing"),
+    pytest.param(lambda dl, cfg: (dl, replace(cfg, preprocess=replace(PRE, hu_window=(-100.0, 500.0)))),
+                 id="hu-window"),
+    pytest.param(lambda dl, cfg: (dl, replace(cfg, preprocess=replace(PRE, ecg_rate=125))), id="ecg-rate"),
+])
+def test_cache_is_invalidated_by_cohort_hash_and_preprocessing(export: Path, tmp_path: Path, change) -> None:  # type: ignore[no-untyped-def]
+    dl = load_datalist(export)
+    cfg = _cfg(tmp_path)
+    build_datasets(dl, cfg)
+    dl2, cfg2 = change(dl, cfg)
+    new_dir = preprocess_cache_dir(dl2, cfg2)
+    assert new_dir != preprocess_cache_dir(dl, cfg)
+    train_ds, _ = build_datasets(dl2, cfg2)
+    assert len(_cache_files(new_dir)) > 0
+    sample = train_ds[0]
+    assert tuple(sample[CT_KEY].shape[1:]) == cfg2.preprocess.ct_shape
+
+
+def test_settings_outside_the_cached_chain_keep_the_cache(export: Path, tmp_path: Path) -> None:
+    dl = load_datalist(export)
+    cfg = _cfg(tmp_path)
+    base = preprocess_cache_dir(dl, cfg)
+    for other in (replace(cfg, preprocess=replace(PRE, ecg_scaling="fixed")), replace(cfg, val_fraction=0.1),
+                  replace(cfg, seed=3), replace(cfg, cache=False)):
+        assert preprocess_cache_dir(dl, other) == base
+
+
+# ----------------------------------------------------------------------------- normalisation stats
+
+
+def _sites(export: Path, tmp_path: Path, n: int = 3):  # type: ignore[no-untyped-def]
+    dl = load_datalist(export)
+    cfg = _cfg(tmp_path)
+    parts = [list(dl.entries[i::n]) for i in range(n)]
+    samples = [preprocessed_dataset(dl, p, cfg) for p in parts]
+    return dl, parts, samples
+
+
+def test_federated_statistics_equal_the_pooled_ones(export: Path, tmp_path: Path) -> None:
+    dl, parts, samples = _sites(export, tmp_path)
+    units = [f["unit"] for f in FEATURES]
+    moments = [site_moments([e.tabular for e in p], units, (s[i] for i in range(len(s))))
+               for p, s in zip(parts, samples, strict=True)]
+    fed = norm_stats(combine([m.tabular for m in moments]), combine([m.ecg for m in moments]))
+    pooled_rows = [e.tabular for p in parts for e in p]
+    pooled = TabularStats.fit(pooled_rows, len(FEATURES))
+    numeric = [u != "1" for u in units]
+    for j, is_numeric in enumerate(numeric):
+        if is_numeric:
+            assert fed.tabular.means[j] == pytest.approx(pooled.means[j], rel=1e-9)
+            assert fed.tabular.stds[j] == pytest.approx(pooled.stds[j], rel=1e-9)
+        else:  # indicators are never summed (their sums would be patient counts)
+            assert (fed.tabular.means[j], fed.tabular.stds[j]) == (0.0, 1.0)
+    ecgs = np.concatenate([np.asarray(s[i][ECG_KEY], dtype=np.float64) for s in samples for i in range(len(s))
+                           if float(s[i][ECG_PRESENT_KEY]) > 0], axis=-1)
+    assert fed.ecg is not None
+    np.testing.assert_allclose(fed.ecg.means, ecgs.mean(axis=-1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(fed.ecg.stds, ecgs.std(axis=-1), rtol=1e-9)
+    assert NormStats.from_json(fed.to_json()) == fed
+
+
+def test_a_site_withholds_features_below_its_minimum_cell(export: Path, tmp_path: Path) -> None:
+    dl, parts, samples = _sites(export, tmp_path)
+    units = [f["unit"] for f in FEATURES]
+    m = site_moments([e.tabular for e in parts[1]], units, (samples[1][i] for i in range(len(samples[1]))))
+    weight = 3  # weight: missing for every seventh patient, so fewer patients than age
+    min_cell = m.tabular_patients[weight] + 1
+    assert m.tabular_patients[0] >= min_cell  # age has more patients and is released
+    released, withheld, ecg_withheld = release_moments(m, min_cell)
+    assert weight in withheld and 0 not in withheld
+    assert released.tabular.counts[weight] is None and released.tabular.sums[weight] is None
+    assert released.tabular.counts[0] == m.tabular.counts[0]
+    # Everything is withheld when the minimum exceeds the split: the site refuses.
+    none_left, _, ecg_gone = release_moments(m, 10_000)
+    assert ecg_gone and all(c is None or c == 0 for c in none_left.tabular.counts)
+    # The combination skips the withheld entries instead of counting them as zero.
+    other = site_moments([e.tabular for e in parts[2]], units, (samples[2][i] for i in range(len(samples[2]))))
+    both = combine([released.tabular, other.tabular])
+    assert both.counts[weight] == other.tabular.counts[weight]
+    assert SiteMoments.from_json(released.to_json()) == released
+    assert ecg_withheld == (m.ecg_patients < min_cell)
+
+
+def test_moments_answer_is_refused_below_the_minimum_cell(tmp_path: Path) -> None:
+    from fl_client.normalization import Moments
+
+    m = SiteMoments(Moments((3, 0), (30.0, 0.0), (310.0, 0.0)), (3, 0), Moments((0,) * 12, (0.0,) * 12, (0.0,) * 12), 0)
+    released, withheld, _ = release_moments(m, 10)
+    assert withheld == [0] and released.tabular.counts == (None, 0)
+    with pytest.raises(ConfigError):
+        release_moments(m, 0)
+
+
+# ------------------------------------------------------------------------------- training recipe
+
+
+def _fit(export: Path, tmp_path: Path, **train_kw: object) -> list[np.ndarray]:
+    dl = load_datalist(export)
+    cfg = _cfg(tmp_path)
+    train_ds, _ = build_datasets(dl, cfg)
+    entries, _ = split_train_val(dl.entries, cfg.val_fraction, cfg.seed)
+    torch.manual_seed(0)
+    model = MultiModalNet(ModelConfig(**SMALL_MODEL))  # type: ignore[arg-type]
+    tc = TrainConfig(epochs=2, batch_size=8, seed=5, device="cpu", **train_kw)  # type: ignore[arg-type]
+    train(model, make_loader(train_ds, tc.batch_size, shuffle=True, seed=tc.seed), tc,
+          pos_weight=positive_weight(entries))
+    return get_weights(model)
+
+
+def test_training_is_bit_for_bit_reproducible_on_cpu(export: Path, tmp_path: Path) -> None:
+    a = _fit(export, tmp_path)
+    b = _fit(export, tmp_path)  # the second run reads the cache the first one wrote
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("kw", [{"loss": "focal"}, {"proximal_mu": 0.5}], ids=["focal", "proximal"])
+def test_loss_choices_change_the_update(export: Path, tmp_path: Path, kw: dict[str, object]) -> None:
+    base = _fit(export, tmp_path)
+    other = _fit(export, tmp_path, **kw)
+    assert any(not np.array_equal(x, y) for x, y in zip(base, other, strict=True))
+
+
+def test_train_reports_where_the_time_went(export: Path, tmp_path: Path) -> None:
+    dl = load_datalist(export)
+    train_ds, _ = build_datasets(dl, _cfg(tmp_path))
+    model = MultiModalNet(ModelConfig(**SMALL_MODEL))  # type: ignore[arg-type]
+    stats = train(model, make_loader(train_ds, 8, shuffle=True), TrainConfig(epochs=1, device="cpu"))
+    assert stats.step_seconds > 0 and stats.data_seconds > 0
+    assert 0.0 < stats.model_share < 1.0
+
+
+def test_unknown_loss_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="weighted_bce"):
+        TrainConfig(loss="hinge")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------- early stopping
+
+
+def test_best_round_is_kept_and_training_stops_after_patience() -> None:
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from fl_server.strategy import StrategySettings, build_strategy
+
+    strategy = build_strategy(StrategySettings(patience=2), {1: "a", 2: "b"}, 2)
+    arrays = {r: ArrayRecord(numpy_ndarrays=[np.full(2, float(r))]) for r in range(1, 6)}
+    for r, auroc in zip(range(1, 6), [0.6, 0.7, 0.65, 0.69, 0.9], strict=True):
+        if strategy.stopped_after is not None:
+            assert list(strategy.configure_train(r, arrays[r], ConfigRecord(), None)) == []  # type: ignore[arg-type]
+            continue
+        strategy._latest = arrays[r]
+        strategy._track_best(r, auroc)
+    assert strategy.best_round == 2 and strategy.best_auroc == 0.7
+    assert strategy.best_arrays is arrays[2]
+    assert strategy.stopped_after == 4
+
+
+def test_strategy_settings_name_the_choices() -> None:
+    from fl_server.strategy import StrategySettings
+
+    with pytest.raises(ConfigError, match="fedavg, fedprox, fedadam, fedyogi"):
+        StrategySettings(strategy="scaffold")
+    with pytest.raises(ConfigError, match="proximal_mu"):
+        StrategySettings(strategy="fedprox")
+    assert json.loads(json.dumps(StrategySettings.from_config({"strategy": "fedadam", "rounds": 3}).__dict__))
