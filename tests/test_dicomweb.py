@@ -294,3 +294,31 @@ def test_cli_ingest_pulls_first_and_pushes_after(orthanc: str, tmp_path: Path) -
     assert again.exit_code == 0, again.output
     sidecar = json.loads((tmp_path / "ingest.dicomweb.json").read_text(encoding="utf-8"))
     assert (sidecar["pull"]["pulled"], sidecar["push"]["pushed"]) == (0, 0)
+
+
+def test_cli_pull_without_raw_dir_is_a_complete_job(orthanc: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cohort.cli import _register, app
+    from cohort.ingest.site_defaults import generated_config_path
+
+    _register()
+    objs = _pacs_objects()
+    DICOMwebClient(orthanc).store_instances(objs)
+    store = tmp_path / "pacs-site" / "store"
+    args = ["ingest", "--from-dicomweb", orthanc, "--store", str(store), "--report", str(tmp_path / "r.json"),
+            "--quiet"]
+    result = CliRunner().invoke(app, args)  # no RAW_DIR and no site.yaml
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["site_id"] == "pacs-site" and report["raw_dir"] == str(store / "pulled")
+    assert (report["inputs"], report["converted"], report["quarantined"]) == (5, 5, 0)
+    stored = {p.stem for p in Store(store).files()}
+    assert {str(o.SOPInstanceUID) for o in objs} <= stored
+    assert generated_config_path(store).exists()  # the pseudonym key lives with the store
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    sidecar = json.loads((tmp_path / "r.dicomweb.json").read_text(encoding="utf-8"))
+    assert sidecar["pull"]["pulled"] == 0
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["this_run"]["processed"] == 0

@@ -68,3 +68,13 @@ def test_export_command_writes_datalist(ingested_sites, tmp_path):
                               "--out", str(tmp_path / "x")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "x" / "datalist.json").exists() and (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_identifying_field_in_a_text_query_is_refused_as_identifying(tmp_path):
+    # The spec is checked before the store is opened: no index is needed to refuse it.
+    res = runner.invoke(app, ["query", "--store", str(tmp_path / "store"), "--text",
+                              'p := CT[PatientID = "X"]; cohort p'])
+    assert res.exit_code != 0
+    message = str(res.exception)
+    assert "'PatientID' is an identifying field" in message and "cannot be filtered on" in message
+    assert "unknown field" not in message

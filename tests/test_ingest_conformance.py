@@ -17,6 +17,7 @@ from cohort.ingest.conformance import find_truncation, missing_attributes
 from cohort.ingest.pipeline import IngestRun
 from cohort.ingest.registry import default_converters
 from cohort.ingest.report import IngestReport
+from cohort.ingest.run import ingest_folder
 from cohort.siteconfig import SiteConfig, Strictness, StrictnessLevel
 
 VALID_FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "waveform_ecg.dcm", "JPEG2000.dcm",
@@ -145,8 +146,8 @@ def test_pydicom_warnings_go_into_the_report_with_the_file(tmp_path: Path) -> No
     ds.save_as(raw / "bad_series_number.dcm")
     with warnings.catch_warnings(record=True) as escaped:
         warnings.simplefilter("always")
-        report = _ingest(raw, tmp_path / "store")
-    assert report.converted == 1
+        report = ingest_folder(raw, tmp_path / "store", _site())  # converts and indexes
+    assert report.converted == 1 and report.indexed_files == 1
     assert [(w.input, w.message.split(".")[0]) for w in report.warnings] == \
         [("bad_series_number.dcm", "pydicom: Invalid value for VR IS: '1A'")]
     assert not [w for w in escaped if "Invalid value" in str(w.message)]  # none printed bare

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from cohort.ingest.base import Converter
-from cohort.ingest.pipeline import IngestRun, ProgressCallback
-from cohort.ingest.report import IngestReport
+from cohort.ingest.pipeline import IngestRun, ProgressCallback, warning_origin
+from cohort.ingest.report import IngestReport, InputWarning
 from cohort.siteconfig import SiteConfig
 from cohort.store import Store
+
+INDEXING_INPUT = "(indexing the store)"  # the "input" of warnings raised while indexing stored objects
 
 
 def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress: ProgressCallback | None = None,
@@ -28,9 +31,19 @@ def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress:
 
         t0 = time.perf_counter()
         index_progress = (lambda done, total: progress("indexing", done, total)) if progress else None
-        with update_index(store.root) as idx:  # readers see the old or the new index, never a mix
-            added = idx.add_files(list(store.files()), progress=index_progress)
-            idx.optimize()  # re-sorts for fast queries once enough rows were appended
+        # Reading the stored objects repeats pydicom's warnings, which conversion already recorded per
+        # input; only new ones are added, and none reaches the terminal bare.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with update_index(store.root) as idx:  # readers see the old or the new index, never a mix
+                added = idx.add_files(list(store.files()), progress=index_progress)
+                idx.optimize()  # re-sorts for fast queries once enough rows were appended
+        known = {w.message for w in report.warnings}
+        for w in caught:
+            message = f"{warning_origin(w.filename)}: {w.message}"
+            if message not in known:
+                known.add(message)
+                report.warnings.append(InputWarning(INDEXING_INPUT, "", message))
         report.indexed_files = added.indexed
         report.index_failures = [{"path": p, "reason": r} for p, r in added.failed]
         report.timings["index_s"] = round(time.perf_counter() - t0, 3)
