@@ -1,7 +1,10 @@
 """Dashboard update latency at scale: an index of N synthetic patients built from rows, then timed
-``/api/query`` round trips (spec + counts from ``evaluate`` + every chart dataset) over HTTP.
+``/api/query`` round trips (spec + counts from ``evaluate`` + every chart dataset) over HTTP, first by
+one user, then by several users at once (loopback only, a bounded number of requests, every answer
+computed afresh), reported against the single-user figure of the same run.
 
-    python bench/dashboard.py --patients 100000 [--index-dir /tmp/dash-bench] [--repeat 5]
+    python bench/dashboard.py --patients 100000 [--index-dir /tmp/dash-bench] [--repeat 5] \
+        [--clients 8] [--requests-per-client 16]
 
 The index is written straight into the index tables with DuckDB SQL (no DICOM files): per patient
 a CT series, an ECG waveform, a TID 3700 ECG report, a registry record, a procedure history, a SEG
@@ -214,9 +217,7 @@ def measure(store: Path, repeat: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     dashboard = Dashboard(store)
     startup = time.perf_counter() - t0
-    server = make_server(dashboard, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = make_server(dashboard, port=0, watch=False).start()
     url = server.url
     try:
         with urllib.request.urlopen(url + "api/initial", timeout=120) as resp:
@@ -241,6 +242,7 @@ def measure(store: Path, repeat: int) -> dict[str, Any]:
         cohort = result["counts"]["patients"]
     finally:
         server.shutdown()
+        server.server_close()
         dashboard.close()
     q = statistics.quantiles(times, n=20, method="inclusive")
     return {"patients": dashboard.patients, "charts": len(dashboard.charts), "updates": len(times),
@@ -253,15 +255,93 @@ def measure(store: Path, repeat: int) -> dict[str, Any]:
             "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
 
 
+def _client_actions(client: int, n: int) -> list[dict[str, Any]]:
+    """``n`` updates for one simulated user: the steward's sequence, its ranges shifted per user so
+    that users do not ask the very same spec (and answers are computed, not shared)."""
+    out = []
+    for k in range(n):
+        action = json.loads(json.dumps(ACTIONS[k % len(ACTIONS)]))
+        for f in action.get("filters", []):
+            if f["field"] == "qrs_duration":
+                f["value"] += client + 10 * (k // len(ACTIONS))
+            elif f["field"] == "slice_thickness":
+                f["value"] += 0.01 * client
+        out.append(action)
+    return out
+
+
+def _run_users(url: str, start: dict[str, Any], clients: int, per_client: int) -> dict[str, Any]:
+    """``clients`` threads, each sending ``per_client`` updates one after the other; latency per request."""
+    times: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def user(client: int) -> None:
+        state = start["state"]
+        barrier.wait()
+        for k, action in enumerate(_client_actions(client, per_client)):
+            if k % len(ACTIONS) == 0:
+                state = start["state"]  # each pass of the sequence starts from the page's first state
+            t = time.perf_counter()
+            try:
+                result = _post(url + "api/query", {"state": state, "action": action})
+                state = result["state"]
+                with lock:
+                    times.append((time.perf_counter() - t) * 1000)
+            except Exception as err:  # noqa: BLE001 - counted and reported
+                with lock:
+                    errors.append(f"{type(err).__name__}: {err}")
+                state = start["state"]
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(c,)) for c in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    q = statistics.quantiles(times, n=20, method="inclusive") if len(times) > 1 else [times[0]] * 19
+    return {"clients": clients, "requests": clients * per_client, "ok": len(times), "errors": len(errors),
+            "first_errors": errors[:3], "p50_ms": round(statistics.median(times), 1), "p95_ms": round(q[18], 1),
+            "max_ms": round(max(times), 1), "throughput_per_s": round(len(times) / wall, 2),
+            "wall_s": round(wall, 2)}
+
+
+def measure_concurrent(store: Path, clients: int, per_client: int) -> dict[str, Any]:
+    """The same bounded load by one user and by ``clients`` users at once (no result cache)."""
+    dashboard = Dashboard(store, caching=False)
+    server = make_server(dashboard, port=0, watch=False).start()
+    try:
+        with urllib.request.urlopen(server.url + "api/initial", timeout=120) as resp:
+            start = json.loads(resp.read())
+        _run_users(server.url, start, 1, 2)  # warm-up: first connections, page cache
+        single = _run_users(server.url, start, 1, per_client)
+        many = _run_users(server.url, start, clients, per_client)
+    finally:
+        server.shutdown()
+        server.server_close()
+        dashboard.close()
+    return {"single_user": single, "concurrent": many,
+            "p50_ratio": round(many["p50_ms"] / single["p50_ms"], 2),
+            "p95_ratio": round(many["p95_ms"] / single["p95_ms"], 2),
+            "throughput_ratio": round(many["throughput_per_s"] / single["throughput_per_s"], 2),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--index-dir", type=Path, default=Path("/tmp/fedcohort-dashboard-bench"))
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent users (0: skip the concurrent run)")
+    parser.add_argument("--requests-per-client", type=int, default=16)
     args = parser.parse_args()
     store = args.index_dir / f"store-{args.patients}"
     build_index(store, args.patients)
     print(json.dumps(measure(store, args.repeat), indent=1))
+    if args.clients:
+        print(json.dumps(measure_concurrent(store, args.clients, args.requests_per_client), indent=1))
 
 
 if __name__ == "__main__":

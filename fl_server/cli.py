@@ -64,15 +64,31 @@ def demo(
     seed: Annotated[int, typer.Option(help="seed of data and training")] = 0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-out"),
     overrides: Annotated[str, typer.Option(help="Hydra overrides, e.g. 'agreement.min_cases=10'")] = "",
+    view_port: Annotated[int | None, typer.Option(
+        min=0, max=65535, help="also serve the run view (fl-server serve) on this port while the demo runs")] = None,
 ) -> None:
     """Synthesize sites, ingest them, negotiate the cohort and train with FedAvg on the simulation engine."""
+    import time
+
     from cohort.cli.progress import progress_callback
     from fl_server.demo import run_demo
 
+    t0 = time.perf_counter()
     counts: int | list[int] = [int(x) for x in patients.split(",")] if "," in patients else int(patients)
-    with progress_callback(True) as cb:
-        result = run_demo(out, sites=sites, patients=counts, rounds=rounds, seed=seed, overrides=overrides,
-                          progress=cb)
+    view = None
+    if view_port is not None:
+        from fl_server.serve import make_server
+
+        view = make_server(out / "run", port=view_port).start()
+        console.print(f"watch the run at [bold]{view.url}[/] (the run view; it stops with the demo)")
+    try:
+        with progress_callback(True) as cb:
+            result = run_demo(out, sites=sites, patients=counts, rounds=rounds, seed=seed, overrides=overrides,
+                              progress=cb)
+    finally:
+        if view is not None:
+            view.shutdown()
+            view.server_close()
     t = Table(title="ingest per site")
     for col in ("site", "inputs", "converted", "duplicates", "quarantined", "objects", "patients"):
         t.add_column(col)
@@ -84,7 +100,9 @@ def demo(
         raise CohortError(f"the federation wrote no report at {result.report_json}; see the log above")
     console.print(_summary(result.report_json))
     console.print(_rounds(result.report_json))
-    console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png")
+    console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png "
+                  f"(or: fl-server serve --run {result.report_json.parent})")
+    console.print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
 
 
 @app.command()
@@ -120,6 +138,36 @@ def launch(
         console.print(_rounds(result.report_json))
     console.print(f"reports (on the SuperLink's host): {result.out_dir}/report.json, report.html, "
                   "label_balance.png, metrics.png, final_model.npz")
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Option(help="the run's report folder (where report.json is, e.g. demo-out/run)")],
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port)")] = 8090,
+    host: Annotated[str, typer.Option(
+        help="address to bind; the default serves this machine only (anything else warns: there is no login)")] =
+        "127.0.0.1",
+    verbose: Annotated[bool, typer.Option(help="log every request")] = False,
+) -> None:
+    """Show a run in the browser as it progresses: answers per site, agreement, label balance, rounds, errors."""
+    from cohort.dashboard.web import is_loopback
+    from cohort.errors import ConfigError
+    from fl_server.serve import make_server
+
+    if not is_loopback(host):
+        console.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this address reads the run's "
+                      "report (released counts, metrics, errors); there is no login")
+    try:
+        server = make_server(run, host, port, quiet=not verbose)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror}; pick another --port") from None
+    console.print(f"run view of {run} at [bold]{server.url}[/]  (Ctrl+C stops it)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.server_close()
 
 
 def main() -> None:

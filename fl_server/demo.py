@@ -7,11 +7,13 @@ with FedAvg, write the reports.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cohort.ingest.report import IngestReport
+from cohort.protocol import CONFIG_RECORD, KEY_SERVER_ROUND, QUERY_ACTION
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -32,31 +34,80 @@ def quiet_flower_env() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+class ProgressGrid:
+    """A Grid that forwards everything and reports every exchange with the sites as progress.
+
+    Negotiation (and any other query) gets a bar of sites answered; each FedAvg round one bar of
+    train and evaluate replies. Works on any strategy that talks to the sites through
+    ``send_and_receive`` (Flower's do).
+    """
+
+    def __init__(self, grid: Any, progress: ProgressCallback, rounds: int) -> None:
+        self._grid = grid
+        self._progress = progress
+        self._rounds = rounds
+        self._round_done: dict[int, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
+        messages = list(messages)
+        if not messages:
+            return list(self._grid.send_and_receive(messages, timeout=timeout))
+        kind = str(messages[0].metadata.message_type)
+        config = messages[0].content.get(CONFIG_RECORD) if kind in ("train", "evaluate") else None
+        server_round = int(config[KEY_SERVER_ROUND]) if config is not None and KEY_SERVER_ROUND in config else None
+        if server_round is None:
+            stage, total, done = ("negotiation (sites answered)" if kind == f"query.{QUERY_ACTION}"
+                                  else f"{kind} (sites answered)"), len(messages), 0
+        else:  # one bar per round: the train replies, then the evaluate replies
+            stage, total = f"round {server_round}/{self._rounds} (train + evaluate replies)", 2 * len(messages)
+            done = self._round_done.get(server_round, 0)
+        self._progress(stage, done, total)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        if server_round is not None:
+            self._round_done[server_round] = done + len(replies)
+        self._progress(stage, done + len(replies), total)
+        return replies
+
+
 def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, rounds: int = 3, seed: int = 0,
              overrides: str = "", progress: ProgressCallback | None = None) -> DemoResult:
     """Synthesize, ingest and federate; returns the ingest reports and the path of report.json."""
     quiet_flower_env()
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from cohort.ingest.run import ingest_folder
     from cohort.siteconfig import load_site_config
     from cohort.synth.site import synthesize_consortium
     from fl_client.client_app import build_client_app
-    from fl_server.federation import RunSettings
+    from fl_server.federation import RunSettings, run_federation
     from fl_server.server_app import build_server_app
 
     out.mkdir(parents=True, exist_ok=True)
     synth_dir = out / "sites"
-    written = synthesize_consortium(synth_dir, sites, patients, seed, progress)
+    written = synthesize_consortium(synth_dir, sites, patients, seed,
+                                    (lambda d, i, n: progress(f"synth {d}", i, n)) if progress else None)
     reports: dict[str, IngestReport] = {}
     for s in written:
         site = load_site_config(s.site_config)
-        reports[s.site_id] = ingest_folder(s.raw_dir, site.store_path(), site, progress=progress)
+        site_progress = (lambda d, i, n, sid=s.site_id: progress(f"ingest {sid}: {d}", i, n)) if progress else None
+        reports[s.site_id] = ingest_folder(s.raw_dir, site.store_path(), site, progress=site_progress)
         reports[s.site_id].write(s.folder / "ingest_report.json")
     run_out = out / "run"
     settings = RunSettings(overrides=f"federation.rounds={rounds} seed={seed} {overrides}".strip(),
                            out_dir=str(run_out), expected_sites=sites, wait_s=120)
-    run_simulation(server_app=build_server_app(settings),
-                   client_app=build_client_app(synth_dir / "consortium.json"), num_supernodes=sites,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    server_app = build_server_app(settings)
+    if progress is not None:
+        server_app = ServerApp()
+
+        @server_app.main()
+        def main(grid: Grid, context: Context) -> None:
+            run_federation(ProgressGrid(grid, progress, rounds), settings)  # type: ignore[arg-type]
+
+    run_simulation(server_app=server_app, client_app=build_client_app(synth_dir / "consortium.json"),
+                   num_supernodes=sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     return DemoResult(out, reports, run_out / "report.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,16 @@ minimum cell size (zero included).</p>
 def write_reports(report: RunReport, out: Path) -> None:
     """Write report.json, label_balance.png, metrics.png (when rounds exist) and report.html."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_JSON).write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n", encoding="utf-8")
+    write_atomic(out / REPORT_JSON, json.dumps(report.to_json(), indent=2, default=str) + "\n")
     plot_label_balance(report, out / LABEL_BALANCE_PNG)
     if report.rounds:
         plot_metrics(report, out / METRICS_PNG)
-    (out / REPORT_HTML).write_text(render_html(report, out), encoding="utf-8")
+    write_atomic(out / REPORT_HTML, render_html(report, out))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file, then rename it over ``path``: a reader (the run view) sees
+    the old or the new report, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -71,8 +71,15 @@ def export(
     """Write the MONAI datalist, arrays and manifest (with the cohort hash) for the matching patients."""
     from cohort.export import export_cohort
 
+    selecting = "selecting the cohort's patients"
     with progress_callback(True) as cb:
-        result = export_cohort(store, _spec(spec, text), out, subset=subset, progress=cb)
+        cb(selecting, 0, 1)
+
+        def step(description: str, done: int, total: int) -> None:
+            cb(selecting, 1, 1)  # the first export step means the selection is done
+            cb(description, done, total)
+
+        result = export_cohort(store, _spec(spec, text), out, subset=subset, progress=step)
     console.print(f"exported {result.patients} patients ({result.with_ct} with CT, {result.with_ecg} with ECG) "
                   f"to {result.out}; cohort hash {result.cohort_hash}")
 

@@ -90,7 +90,7 @@ class Snapshot:
     snapshot never changes. Requests run on up to ``MAX_LANES`` connection pairs at once.
     """
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, *, caching: bool = True) -> None:
         self.version: IndexVersion | None = index_version(store)
         self.index: SnapshotIndex | None = None
         self.present: list[tuple[str, str | None]] = []
@@ -102,6 +102,7 @@ class Snapshot:
         self._lanes: list[_Lane] = []
         self._free: list[_Lane] = []
         self._lane_cond = threading.Condition()
+        self.caching = caching
         self.users = 0  # requests using this snapshot now (Dashboard counts them)
         self.retired = False
         if self.version is None:
@@ -144,7 +145,9 @@ class Snapshot:
                 self._lane_cond.notify()
 
     def cached(self, cache: OrderedDict[str, Any], key: str, compute: Any) -> Any:
-        """``cache[key]``, computed by ``compute()`` outside the lock when missing."""
+        """``cache[key]``, computed by ``compute()`` outside the lock when missing (always, without caching)."""
+        if not self.caching:
+            return compute()
         with self._cache_lock:
             if key in cache:
                 cache.move_to_end(key)
@@ -179,8 +182,10 @@ class Dashboard:
     one, and the page (which sees the version change) offers to refresh its counts.
     """
 
-    def __init__(self, store: str | Path, *, configs_dir: str | Path | None = None) -> None:
+    def __init__(self, store: str | Path, *, configs_dir: str | Path | None = None, caching: bool = True) -> None:
+        """``caching=False`` computes every answer afresh (benchmarks of concurrent users)."""
         self.store = Path(store)
+        self.caching = caching
         if not self.store.is_dir():
             raise ApiError(f"store folder {self.store} does not exist; pass --store with the folder "
                            "'cohort ingest' wrote")
@@ -188,7 +193,7 @@ class Dashboard:
         self.lock = threading.Lock()  # exports one at a time
         self._swap = threading.Lock()
         self._loading = threading.Lock()
-        self._snapshot = Snapshot(self.store)
+        self._snapshot = Snapshot(self.store, caching=caching)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.load_error: str | None = None
@@ -248,7 +253,7 @@ class Dashboard:
             if current == self._snapshot.version:
                 return False
             try:
-                fresh = Snapshot(self.store)
+                fresh = Snapshot(self.store, caching=self.caching)
             except (CohortError, duckdb.Error) as err:  # e.g. an index of an older version being upgraded
                 self.load_error = f"cannot open the new index yet: {err}"
                 log.warning("dashboard: %s", self.load_error)

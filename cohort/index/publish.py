@@ -52,7 +52,7 @@ class IndexVersion:
 
     number: int  # 0 for an index written before versions existed (or by DuckIndex directly)
     file_id: tuple[int, int, int]  # (inode, mtime ns, size) of index.duckdb; changes with every swap
-    published: str = ""
+    published: str = ""  # when the file was written (local time)
 
     @property
     def token(self) -> str:
@@ -67,12 +67,12 @@ def index_version(store: str | Path) -> IndexVersion | None:
         st = (store / INDEX_FILE).stat()
     except FileNotFoundError:
         return None
-    number, published = 0, ""
+    number = 0
     try:
-        marker = json.loads((store / VERSION_FILE).read_text(encoding="utf-8"))
-        number, published = int(marker.get("version", 0)), str(marker.get("published", ""))
+        number = int(json.loads((store / VERSION_FILE).read_text(encoding="utf-8")).get("version", 0))
     except (FileNotFoundError, ValueError, TypeError, AttributeError):
         pass
+    published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st.st_mtime))
     return IndexVersion(number, (st.st_ino, st.st_mtime_ns, st.st_size), published)
 
 
@@ -156,8 +156,8 @@ def update_index(store: str | Path, *, publish_unchanged: bool = False) -> Itera
                 return
             os.replace(work, published)
             _fsync_dir(store)
-            _write_atomic(store / VERSION_FILE, json.dumps(
-                {"version": version, "published": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+            # Only the number: two stores built from the same inputs stay byte-identical.
+            _write_atomic(store / VERSION_FILE, json.dumps({"version": version}) + "\n")
         finally:
             for leftover in (work, Path(f"{work}.wal")):
                 leftover.unlink(missing_ok=True)

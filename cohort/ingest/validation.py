@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,18 +52,30 @@ class StoreValidation:
         return t
 
 
-def validate_store(root: Path, *, workers: int = 2) -> StoreValidation:
-    """dciodvfy on every object; DicomSRValidator and dsrdump on every SR."""
+PROGRESS_BATCH = 20  # files per dciodvfy / dsrdump task: the bar moves every few seconds
+SR_BATCH = 200  # SRs per DicomSRValidator run (each run starts a JVM)
+
+
+def validate_store(root: Path, *, workers: int = 2,
+                   progress: Callable[[str, int, int], None] | None = None) -> StoreValidation:
+    """dciodvfy on every object; DicomSRValidator and dsrdump on every SR (``progress(tool, done, total)``)."""
     store = Store(root)
     files = list(store.files())
     srs = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["Modality"])
            .get("Modality") == SR_MODALITY]
     out = StoreValidation()
-    chunks = [files[i::workers] for i in range(workers)]
-    with ThreadPoolExecutor(workers) as pool:
-        for results in pool.map(v.dciodvfy, chunks):
-            out.add("dciodvfy", results)
+    steps: list[tuple[str, Callable[[list[Path]], list[v.ValidationResult]], list[Path], int]] = [
+        ("dciodvfy", v.dciodvfy, files, PROGRESS_BATCH)]
     if srs:
-        out.add("DicomSRValidator", v.sr_validator(srs))
-        out.add("dsrdump", v.dsrdump(srs))
+        steps += [("DicomSRValidator", v.sr_validator, srs, SR_BATCH), ("dsrdump", v.dsrdump, srs, PROGRESS_BATCH)]
+    with ThreadPoolExecutor(workers) as pool:
+        for tool, run, paths, size in steps:
+            done = 0
+            if progress:
+                progress(tool, 0, len(paths))
+            for results in pool.map(run, [paths[i:i + size] for i in range(0, len(paths), size)]):
+                out.add(tool, results)
+                done += len(results)
+                if progress:
+                    progress(tool, done, len(paths))
     return out

@@ -120,6 +120,8 @@ async function render(result, ms) {
   updates += 1;
   document.body.dataset.updates = String(updates);
   $("#status").textContent = `updated in ${Math.round(ms)} ms (server ${Math.round(result.elapsed_ms)} ms)`;
+  if (result.patients_indexed !== undefined && storeName) $("#store").textContent = `${storeName} · ${result.patients_indexed} patients`;
+  checkVersion(served);
   renderCounts(result);
   renderGroups(result.state);
   renderNotices(result.notices || []);
@@ -407,7 +409,39 @@ async function loadSaved() {
   } catch (err) { showError(err.message); }
 }
 
+// --- new data: an ingest or reindex published a new index version --------------------------------------
+
+const VERSION_POLL_MS = 2000;
+let served = null;     // the index version the server serves now (GET /api/version)
+let storeName = "";
+
+function checkVersion(v) {
+  if (!v) return;
+  served = v;
+  const shown = current ? current.index_version : null;
+  const fresh = v.version !== null && v.version !== shown;
+  const box = $("#new-data");
+  box.hidden = !fresh;
+  document.body.dataset.indexVersion = shown || "";
+  if (fresh) {
+    $("#new-data-text").textContent = `The store has new data (index version ${v.number}, ${v.patients} patients` +
+      (v.published ? `, written ${v.published}` : "") + "); the counts below are from the previous version.";
+  }
+}
+
+async function pollVersion() {
+  try {
+    checkVersion(await api("/api/version"));
+  } catch (_) { /* the server may be restarting; the next poll tells */ }
+  setTimeout(pollVersion, VERSION_POLL_MS);
+}
+
+function refreshCounts() {
+  return request(() => current ? api("/api/query", {state: current.state}) : api("/api/initial"));
+}
+
 function init() {
+  $("#refresh-counts").addEventListener("click", refreshCounts);
   document.querySelectorAll(".tab").forEach((tab) => tab.addEventListener("click", () => {
     document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === tab));
     $("#spec-text").hidden = tab.dataset.tab !== "text";
@@ -447,11 +481,13 @@ function init() {
     }
   });
   api("/api/fields").then((f) => {
+    storeName = f.store;
     $("#store").textContent = `${f.store} · ${f.patients} patients`;
     if (f.message) showError(f.message);
   }).catch((err) => showError(err.message));
   loadSaved();
   request(() => api("/api/initial"));
+  setTimeout(pollVersion, VERSION_POLL_MS);
 }
 
 if (typeof vegaEmbed === "undefined") {
