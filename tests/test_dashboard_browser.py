@@ -1,6 +1,7 @@
 """The dashboard in a real browser (Debian chromium driven by Playwright): load the page on a
 synthesized store, click a bar, brush a range, and check that the counts the page shows equal
-``cohort query --json`` for the spec the page shows.
+``cohort query --json`` for the spec the page shows; two sessions with different filters at once;
+an ingest into the served store while the page is open (the page offers the new counts).
 
 Set ``FEDCOHORT_SCREENSHOT=docs/img/dashboard.png`` to write the README's screenshot on the way (after
 the click and the brush); ``FEDCOHORT_SCREENSHOT_PATIENTS=40`` makes the store larger for it.
@@ -13,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,7 @@ pytestmark = [
 def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     store = synthetic_store(int(os.environ.get("FEDCOHORT_SCREENSHOT_PATIENTS", "5")))
     dashboard = Dashboard(store, configs_dir=tmp_path_factory.mktemp("configs"))
-    srv = make_server(dashboard, port=0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
+    srv = make_server(dashboard, port=0).start()
     yield srv.url, store
     srv.shutdown()
     srv.server_close()
@@ -51,20 +49,32 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 
 
 @pytest.fixture(scope="module")
-def page(server) -> Iterator[Any]:
+def browser() -> Iterator[Any]:
+    """One Chromium for the module; tests open pages (and separate sessions) in it."""
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1500, "height": 1000})
-        problems = PROBLEMS
-        pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
-        pg.on("request", lambda r: problems.append(f"external request: {r.url}")
-              if not r.url.startswith(server[0]) else None)
-        pg.goto(server[0])
-        settle(pg, 1)
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser: Any, url: str, problems: list[str] = PROBLEMS) -> Any:
+    """A page of its own browser context (its own session); errors and external requests go to ``problems``."""
+    pg = browser.new_context(viewport={"width": 1500, "height": 1000}).new_page()
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+    pg.on("request", lambda r: problems.append(f"external request: {r.url}") if not r.url.startswith(url) else None)
+    pg.on("response", lambda r: problems.append(f"HTTP {r.status} {r.url}: {r.text()[:300]}") if r.status >= 400 else None)
+    pg.goto(url)
+    settle(pg, 1)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(server, browser) -> Iterator[Any]:
+    pg = open_page(browser, server[0])
+    yield pg
+    pg.context.close()
 
 
 def settle(page: Any, updates: int) -> None:
@@ -189,3 +199,81 @@ def test_typed_text_loads_into_the_filters_and_errors_show_readably(page, server
     assert page.is_hidden("#error")
     assert sorted(page.eval_on_selector_all("#groups .group", "gs => gs.map(g => g.dataset.group)")) == ["ct", "ecg"]
     assert_page_matches_cohort_query(page, store, tmp_path)
+
+
+# --- several users, and new data while the page is open ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def growing(tmp_path_factory) -> Iterator[tuple[str, Path, Any]]:
+    """A store holding one synthetic site, served; the test ingests the second site into it."""
+    from cohort.ingest.run import ingest_folder
+    from cohort.siteconfig import load_site_config
+    from cohort.synth.site import synthesize_consortium
+
+    root = tmp_path_factory.mktemp("growing")
+    store = root / "store"
+    sites = synthesize_consortium(root / "raw", 2, 4, seed=5)
+    ingest_folder(sites[0].raw_dir, store, load_site_config(sites[0].site_config))
+    dashboard = Dashboard(store, configs_dir=root / "configs")
+    srv = make_server(dashboard, port=0).start()
+    yield srv.url, store, sites[1]
+    srv.shutdown()
+    srv.server_close()
+    dashboard.close()
+
+
+def click_first_bar(page: Any, chart_id: str) -> None:
+    bar = page.locator(f'[data-chart-id="{chart_id}"] path[aria-roledescription="bar"]').first
+    bar.scroll_into_view_if_needed()
+    n = updates(page)
+    bar.click()
+    settle(page, n + 1)
+
+
+def test_two_sessions_with_different_filters_get_their_own_counts(browser, growing, tmp_path) -> None:
+    url, store, _ = growing
+    problems: list[str] = []
+    a, b = open_page(browser, url, problems), open_page(browser, url, problems)
+    click_first_bar(a, "SR:ecg_report:ecg_finding")
+    click_first_bar(b, "SR:registry:prosthesis_type")
+    count_a = assert_page_matches_cohort_query(a, store, tmp_path)["patients"]
+    count_b = assert_page_matches_cohort_query(b, store, tmp_path)["patients"]
+    assert "ecg_finding" in a.text_content("#spec-text") and "ecg_finding" not in b.text_content("#spec-text")
+    assert "prosthesis_type" in b.text_content("#spec-text") and "prosthesis_type" not in a.text_content("#spec-text")
+    # Both sessions ask again at the same time: each gets the counts of its own filters.
+    na, nb = updates(a), updates(b)
+    a.evaluate("() => { refreshCounts(); }")  # not awaited: both requests are in flight together
+    b.evaluate("() => { refreshCounts(); }")
+    settle(a, na + 1)
+    settle(b, nb + 1)
+    assert shown_counts(a)["patients"] == count_a and shown_counts(b)["patients"] == count_b
+    a.context.close()
+    b.context.close()
+    assert not problems, problems
+
+
+def test_after_an_ingest_the_page_offers_and_shows_the_new_counts(browser, growing, tmp_path) -> None:
+    from cohort.ingest.run import ingest_folder
+    from cohort.siteconfig import load_site_config
+
+    url, store, second_site = growing
+    problems: list[str] = []
+    page = open_page(browser, url, problems)
+    click_first_bar(page, "SR:ecg_report:ecg_finding")
+    before = assert_page_matches_cohort_query(page, store, tmp_path)
+    indexed_before = int(page.inner_text("#store").split("·")[1].split()[0])
+    assert page.is_hidden("#new-data")
+    ingest_folder(second_site.raw_dir, store, load_site_config(second_site.site_config))  # same store, page open
+    page.wait_for_selector("#new-data:not([hidden])", timeout=30_000)
+    assert "new data" in page.inner_text("#new-data")
+    assert shown_counts(page)["patients"] == before["patients"]  # nothing changes until asked
+    n = updates(page)
+    page.click("#refresh-counts")
+    settle(page, n + 1)
+    assert page.is_hidden("#new-data")
+    after = assert_page_matches_cohort_query(page, store, tmp_path)  # the same filters, on the new index
+    assert int(page.inner_text("#store").split("·")[1].split()[0]) > indexed_before
+    assert after["patients"] >= before["patients"]
+    assert "ecg_finding" in page.text_content("#spec-text")
+    page.context.close()
+    assert not problems, problems
