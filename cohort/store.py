@@ -6,7 +6,9 @@ Layout::
     STORE/quarantine/<input name>        copies of inputs that could not be converted
     STORE/quarantine/<input name>.reason.txt
     STORE/.ingest/journal.jsonl          one line per input whose outcome is final
-    STORE/index.duckdb                   the cohort index (cohort.index)
+    STORE/index.duckdb                   the cohort index (cohort.index), replaced whole by each writer
+    STORE/index.version                  its version number ({"version": N}; cohort.index.publish)
+    STORE/.index.lock                    the index writers' lock
 
 Writes are atomic (temporary file, then rename), so a killed ingest never leaves half a file.
 """
