@@ -28,6 +28,7 @@ import yaml
 from pydicom.uid import generate_uid
 
 from cohort.dicom.patient import pseudonym
+from cohort.errors import SpecError
 from cohort.export import export_cohort
 from cohort.export.ecg import ecg_array
 from cohort.export.guard import PostIndexInputError
@@ -366,5 +367,7 @@ def test_allow_post_index_round_trips_through_yaml_and_text():
     assert "allow post-index" in spec_to_text(spec)
     assert parse_text(spec_to_text(spec)) == spec
     assert parse_spec(yaml.safe_load(spec_to_yaml(spec))) == spec
+    with pytest.raises(SpecError, match="post-index"):
+        parse_text(spec_to_text(spec).replace("allow post-index", "allow post"))
     plain = load_spec(MISSION)
     assert "allow" not in spec_to_text(plain) and "allow_post_index" not in plain.to_dict()["label"]

@@ -1,7 +1,8 @@
 """The harmonized tabular features every site exports, in one fixed order with units.
 
 The order is part of the model's input contract: every site and the coordinator use this tuple.
-Values come from index fields of the patient's registry SR and the matched ECG report.
+Values come from index fields of the objects ``cohort.export.selection`` chose for the patient's
+``registry`` and ``ecg_report`` inputs; a missing input gives None for its features.
 """
 
 from __future__ import annotations
