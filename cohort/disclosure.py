@@ -13,6 +13,8 @@ Rules (the site's policy wins; a request can only make them stricter):
   minimum cell are not both released; the larger is suppressed, and its parts no longer add up.
 * Histograms with more bins than ``histogram_bin_cap`` and fields outside the allowlist are refused
   per distribution; identifying fields refuse the whole query.
+* Differential privacy (``dp_epsilon`` set): discrete Laplace noise instead of exact counts
+  (``release_dp``); the budget per coordinator is kept by ``cohort.privacy_budget``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import json
 import math
 import re
+import secrets
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, datetime
@@ -60,6 +63,7 @@ class ReleasedCounts:
     labels: dict[str, dict[str, int | None]]
     distributions: list[ReleasedDistribution] = dc_field(default_factory=list)
     notes: list[str] = dc_field(default_factory=list)
+    dp: dict[str, Any] | None = None  # differentially private answer: mechanism, epsilon, sensitivity, scale
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,16 +120,21 @@ class _Releaser:
     def group(self, raw: list[int], total_released: bool) -> list[int | None]:
         """Release cells that sum to a released total, with secondary suppression."""
         out = [self.cell(n) for n in raw]
-        if total_released:
-            suppressed = [i for i, v in enumerate(out) if v is SUPPRESSED]
-            if len(suppressed) == 1:
-                others = [i for i, v in enumerate(out) if v is not SUPPRESSED]
-                if others:
-                    out[min(others, key=lambda i: raw[i])] = SUPPRESSED
-        return out
+        return secondary_suppression(out, raw) if total_released else out
 
 
-def _differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
+def secondary_suppression(cells: list[int | None], raw: list[int]) -> list[int | None]:
+    """Cells adding up to a released total: with exactly one suppressed, also hide the next smallest."""
+    out = list(cells)
+    suppressed = [i for i, v in enumerate(out) if v is SUPPRESSED]
+    if len(suppressed) == 1:
+        others = [i for i, v in enumerate(out) if v is not SUPPRESSED]
+        if others:
+            out[min(others, key=lambda i: raw[i])] = SUPPRESSED
+    return out
+
+
+def differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
     """Totals to suppress so that no two released totals differ by less than the minimum cell.
 
     Subsets lie inside the cohort and often inside each other (CT+ECG within CT): cohort 15 and CT 14
@@ -149,7 +158,7 @@ def _differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
     return {n for n in hidden if totals[n] >= min_cell}
 
 
-def _hide_sum(cells: list[int | None], raw: list[int]) -> list[int | None]:
+def hide_sum(cells: list[int | None], raw: list[int]) -> list[int | None]:
     """When a total is suppressed, its released parts must not add up to it: hide the smallest part."""
     if cells and all(c is not SUPPRESSED for c in cells):
         out = list(cells)
@@ -165,14 +174,14 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
     check_fields((spec_fields or []) + dist_fields, policy)
     min_cell, note = effective_min_cell(policy, requested_min_cell)
     rel = _Releaser(policy, min_cell, seed)
-    differenced = _differencing_suppression(counts, min_cell)
+    differenced = differencing_suppression(counts, min_cell)
     patients = SUPPRESSED if ALL_SUBSET in differenced else rel.cell(counts.patients)
     subsets: dict[str, int | None] = {}
     labels: dict[str, dict[str, int | None]] = {}
     for name, sc in counts.subsets.items():
         subsets[name] = SUPPRESSED if name in differenced else rel.cell(sc.patients)
         cells = rel.group([getattr(sc, k) for k in LABEL_KEYS], subsets[name] is not SUPPRESSED)
-        labels[name] = dict(zip(LABEL_KEYS, _hide_sum(cells, [getattr(sc, k) for k in LABEL_KEYS])
+        labels[name] = dict(zip(LABEL_KEYS, hide_sum(cells, [getattr(sc, k) for k in LABEL_KEYS])
                                 if name in differenced else cells, strict=True))
     dists = []
     for d in counts.distributions:
@@ -190,13 +199,58 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
             total_released = total is not SUPPRESSED
             cells = rel.group([b.count for b in d.bins], total_released)
             if d.subset in differenced:
-                cells = _hide_sum(cells, [b.count for b in d.bins])
+                cells = hide_sum(cells, [b.count for b in d.bins])
             rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
                        for b, c in zip(d.bins, cells, strict=True)]
         dists.append(rd)
     return ReleasedCounts(min_cell_size=min_cell, rounding=policy.rounding, noise=policy.noise_scale > 0,
                           patients=patients, subsets=subsets, labels=labels,
                           distributions=dists, notes=[note] if note else [])
+
+
+def dp_sensitivity(counts: CohortCounts) -> int:
+    """L1 sensitivity of a DP answer: one patient moves the cohort count and, per subset, its count and
+    one label cell."""
+    return 1 + 2 * len(counts.subsets)
+
+
+def discrete_laplace(rng: np.random.Generator, scale: float) -> int:
+    """A draw of the discrete Laplace (two-sided geometric) distribution, P(k) ~ exp(-|k| / scale)."""
+    p = 1.0 - math.exp(-1.0 / scale)
+    return int(rng.geometric(p)) - int(rng.geometric(p))
+
+
+def release_dp(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cell: int | None = None,
+               spec_fields: list[str] | None = None, rng: np.random.Generator | None = None) -> ReleasedCounts:
+    """Differentially private release: discrete Laplace noise of scale sensitivity / ``dp_epsilon``.
+
+    Noisy cells below the minimum cell are still suppressed (post-processing, it costs no privacy).
+    Distributions are not released in this mode: their sensitivity (a patient may fall in every bin of
+    a multi-valued field) would drown the counts; consortium distributions come from secure totals.
+    Fresh randomness on every call: the caller caches answers so a repeat gets the same one.
+    """
+    if policy.dp_epsilon is None:
+        raise DisclosureError("release_dp needs disclosure.dp_epsilon in the site policy")
+    check_fields((spec_fields or []) + [d.field for d in counts.distributions], policy)
+    min_cell, note = effective_min_cell(policy, requested_min_cell)
+    sensitivity = dp_sensitivity(counts)
+    scale = sensitivity / policy.dp_epsilon
+    rng = rng or np.random.default_rng(secrets.randbits(128))
+
+    def noisy(n: int) -> int | None:
+        v = max(0, n + discrete_laplace(rng, scale))
+        return v if v >= min_cell else SUPPRESSED
+
+    subsets = {name: noisy(sc.patients) for name, sc in counts.subsets.items()}
+    labels = {name: {k: noisy(getattr(sc, k)) for k in LABEL_KEYS} for name, sc in counts.subsets.items()}
+    dists = [ReleasedDistribution(field=d.field, subset=d.subset, kind=d.kind,
+                                  refused="this site answers with differential privacy "
+                                          "(disclosure.dp_epsilon) and releases no distributions")
+             for d in counts.distributions]
+    return ReleasedCounts(min_cell_size=min_cell, rounding=1, noise=True, patients=noisy(counts.patients),
+                          subsets=subsets, labels=labels, distributions=dists, notes=[note] if note else [],
+                          dp={"mechanism": policy.dp_mechanism, "epsilon": policy.dp_epsilon,
+                              "sensitivity": sensitivity, "scale": round(scale, 6)})
 
 
 def spec_hash(spec_json: dict[str, Any]) -> str:

@@ -32,6 +32,38 @@ STATUS_ANSWERED: Final = "answered"
 STATUS_REFUSED: Final = "refused"
 STATUS_ERROR: Final = "error"
 
+# Secure aggregation of count vectors (SecAgg+ over query messages, one action per stage).
+SECAGG_SETUP_ACTION: Final = "secagg_setup"
+SECAGG_SHARE_KEYS_ACTION: Final = "secagg_share_keys"
+SECAGG_COLLECT_ACTION: Final = "secagg_collect"
+SECAGG_UNMASK_ACTION: Final = "secagg_unmask"
+SECAGG_ACTIONS: Final = (SECAGG_SETUP_ACTION, SECAGG_SHARE_KEYS_ACTION, SECAGG_COLLECT_ACTION, SECAGG_UNMASK_ACTION)
+SECAGG_RECORD: Final = "secagg"  # ConfigRecord of every secure-aggregation message and reply
+KEY_LAYOUT_JSON: Final = "layout-json"  # the count vector's cells, fixed by the coordinator
+KEY_SAMPLE_NUM: Final = "sample-num"  # sites asked to take part
+KEY_THRESHOLD: Final = "threshold"  # Shamir shares needed to rebuild a secret
+KEY_MOD_RANGE: Final = "mod-range"  # modulus of the masked integer vectors
+KEY_MIN_SITES: Final = "min-sites"
+KEY_MIN_CELL: Final = "min-cell"
+KEY_PK1: Final = "pk1"  # public key for pairwise masks
+KEY_PK2: Final = "pk2"  # public key for encrypting shares
+KEY_NODE_IDS: Final = "node-ids"
+KEY_SITE_IDS: Final = "site-ids"
+KEY_PK1_LIST: Final = "pk1-list"
+KEY_PK2_LIST: Final = "pk2-list"
+KEY_DESTINATIONS: Final = "destinations"
+KEY_SOURCES: Final = "sources"
+KEY_CIPHERTEXTS: Final = "ciphertexts"
+KEY_MASKED_VECTOR: Final = "masked-vector"
+KEY_ACTIVE_NODES: Final = "active-nodes"
+KEY_DEAD_NODES: Final = "dead-nodes"
+KEY_SHARE_OWNERS: Final = "share-owners"
+KEY_SHARES: Final = "shares"
+STATUS_JOINED: Final = "joined"  # a site's setup reply when it takes part
+
+# Node config key naming the coordinator a site's SuperNode serves: the site's privacy budget account.
+NODE_COORDINATOR_ID: Final = "coordinator-id"
+
 # Metric names in train / evaluate replies. Flower weights FedAvg by NUM_EXAMPLES (samples).
 NUM_EXAMPLES: Final = "num-examples"
 METRIC_LOSS: Final = "loss"

@@ -134,6 +134,17 @@ class DisclosurePolicy(_Strict):
     noise_scale: float = Field(0.0, ge=0, description="Laplace noise scale added before rounding")
     histogram_bin_cap: int = Field(20, ge=1)
     allowed_fields: list[str] | None = None  # None: every indexed, non-identifying field
+    # Secure aggregation: the site adds its exact counts, masked, to a consortium total that is
+    # released only when at least secure_min_sites sites contribute (a coordinator can only raise it).
+    secure_aggregation: bool = Field(True, description="join secure totals of counts (SecAgg+)")
+    secure_min_sites: int = Field(3, ge=2, description="fewest sites in a secure total this site joins")
+    # Differential privacy (optional): noisy counts instead of suppression, with a budget per coordinator.
+    dp_epsilon: float | None = Field(None, gt=0, description="epsilon spent per answered query; None: no DP")
+    dp_mechanism: Literal["laplace"] = "laplace"
+    dp_budget: float = Field(10.0, gt=0, description="total epsilon one coordinator may spend at this site")
+    # Free text: a predicate on a free-text field (e.g. report_text contains ...) is answered only for
+    # these terms (case-insensitive); by default none, so free text cannot be used to probe for people.
+    free_text_terms: list[str] = []
 
 
 class SiteConfig(_Strict):

@@ -34,7 +34,10 @@ from cohort.protocol import (
     METRICS_RECORD,
     NUM_EXAMPLES,
     QUERY_ACTION,
+    SECAGG_ACTIONS,
+    SECAGG_RECORD,
 )
+from fl_client.query import account_of
 from fl_client.site_runtime import resolve_site_config
 
 
@@ -54,13 +57,28 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         request = {"spec": json.loads(str(cfg[KEY_SPEC_JSON])), "requester": str(cfg.get(KEY_REQUEST_ID, ""))}
         if KEY_REQUESTED_MIN_CELL in cfg:
             request["requested_min_cell"] = int(cfg[KEY_REQUESTED_MIN_CELL])  # type: ignore[arg-type]
-        answer = answer_query(site, request)
+        answer = answer_query(site, request, account=account_of(context.node_config), run_id=str(context.run_id))
         rec = ConfigRecord({KEY_SITE_ID: answer.site_id, KEY_STATUS: answer.status})
         if answer.released_json is not None:
             rec[KEY_RELEASED_JSON] = answer.released_json
         if answer.reason is not None:
             rec[KEY_REASON] = answer.reason
         return Message(RecordDict({ANSWER_RECORD: rec}), reply_to=msg)
+
+    def secure_stage(action: str):  # type: ignore[no-untyped-def]
+        """A handler for one stage of the secure sum of counts (state kept in the node's context)."""
+        def handler(msg: Message, context: Context) -> Message:
+            from fl_client.secure_counts import SECAGG_STATE, handle
+
+            state = dict(context.state.config_records.get(SECAGG_STATE, ConfigRecord()))
+            reply = handle(action, site_of(context), dict(msg.content[SECAGG_RECORD]), state, context.node_id,
+                           account_of(context.node_config))
+            context.state.config_records[SECAGG_STATE] = ConfigRecord(state)
+            return Message(RecordDict({SECAGG_RECORD: ConfigRecord(reply)}), reply_to=msg)
+        return handler
+
+    for action in SECAGG_ACTIONS:
+        app.query(action)(secure_stage(action))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cohort.consortium import ConsortiumTotals
 from cohort.disclosure import ReleasedCounts
 from cohort.protocol import STATUS_ANSWERED
 
@@ -16,6 +17,9 @@ class AgreementRule:
     subset: str
     min_cases: int
     min_positives: int = 0
+    # Consortium rules, read from the secure totals over the sites that meet the per-site rule.
+    min_cases_total: int = 0
+    min_positives_total: int = 0
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Agreement:
 
     rule: AgreementRule
     decisions: list[SiteDecision] = field(default_factory=list)
+    consortium: str | None = None  # how the consortium rule was decided (None: no consortium rule)
 
     @property
     def participants(self) -> list[SiteDecision]:
@@ -57,7 +62,7 @@ class Agreement:
         released_cases = [d.cases for d in self.participants if d.cases is not None]
         return {"rule": asdict(self.rule), "sites": [asdict(d) for d in self.decisions],
                 "participating_sites": [d.site_id for d in self.participants],
-                "released_cases_total": sum(released_cases)}
+                "released_cases_total": sum(released_cases), "consortium_rule": self.consortium}
 
 
 def agree(answers: list[SiteAnswer], rule: AgreementRule) -> Agreement:
@@ -88,3 +93,37 @@ def agree(answers: list[SiteAnswer], rule: AgreementRule) -> Agreement:
             d.reason = "meets the rule"
         out.decisions.append(d)
     return out
+
+
+def apply_totals(agreement: Agreement, totals: ConsortiumTotals | None) -> Agreement:
+    """Apply the consortium rules (``min_cases_total``, ``min_positives_total``) to the secure totals.
+
+    The totals cover the sites that met the per-site rule (fewer when some declined or dropped out, so
+    they are then a lower bound). When a rule is not met, or cannot be read (no released total, a
+    suppressed cell), no site trains and every participant's reason says why.
+    """
+    rule = agreement.rule
+    checks = [(n, key, what) for n, key, what in ((rule.min_cases_total, None, "cases"),
+                                                  (rule.min_positives_total, "positive", "positives")) if n > 0]
+    if not checks or not agreement.participants:
+        return agreement
+    failure = None
+    if totals is None or not totals.released:
+        failure = f"no consortium totals ({totals.reason if totals else 'secure totals are off'})"
+    else:
+        sites = ", ".join(totals.contributors)
+        for n, key, what in checks:
+            value = totals.subsets.get(rule.subset) if key is None else totals.labels.get(rule.subset, {}).get(key)
+            if value is None or value < n:
+                shown = "a suppressed number of" if value is None else str(value)
+                failure = (f"consortium total of {shown} {what} in {rule.subset!r} (sites {sites}), fewer than "
+                           f"the {n} required (min_{what}_total)")
+                break
+    if failure is None:
+        agreement.consortium = "consortium totals meet the rule"
+        return agreement
+    agreement.consortium = failure
+    for d in agreement.participants:
+        d.participates = False
+        d.reason = failure
+    return agreement

@@ -32,9 +32,10 @@ from cohort.protocol import (
     STATUS_ERROR,
 )
 from cohort.spec.load import parse_spec
-from fl_server.agreement import AgreementRule, SiteAnswer, agree
+from fl_server.agreement import AgreementRule, SiteAnswer
 from fl_server.config import compose_config
 from fl_server.report import RunReport, write_reports
+from fl_server.secure_counts import agree_with_totals
 from fl_server.strategy import CohortFedAvg
 
 STATUS_TIMEOUT = "timeout"
@@ -126,8 +127,9 @@ def run_federation(grid: Grid, settings: RunSettings) -> RunReport:
     answers = negotiate(grid, nodes, spec_json, cfg["disclosure"].get("requested_min_cell_size"),
                         float(fed["query_timeout_s"]))
     rule = AgreementRule(**cfg["agreement"])
-    agreement = agree(answers, rule)
-    report = RunReport(cohort_name=spec.name, spec=spec_json, answers=answers, agreement=agreement, config=cfg)
+    agreement, totals = agree_with_totals(grid, answers, rule, spec_json, cfg)  # secure totals over agreed sites
+    report = RunReport(cohort_name=spec.name, spec=spec_json, answers=answers, agreement=agreement, config=cfg,
+                       totals=totals)
     write_reports(report, out)  # the label balance report exists before any training starts
     participants = {d.node_id: d.site_id for d in agreement.participants}
     min_sites = int(fed["min_sites"])

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from cohort.consortium import ConsortiumTotals  # noqa: E402
 from fl_server.agreement import Agreement, SiteAnswer  # noqa: E402
 
 REPORT_JSON = "report.json"
@@ -36,6 +37,7 @@ class RunReport:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # per round: per-site + aggregated metrics
     training_errors: list[dict[str, Any]] = field(default_factory=list)
     final_weights: str | None = None
+    totals: ConsortiumTotals | None = None  # secure totals over the agreed sites (None: not run)
 
     def to_json(self) -> dict[str, Any]:
         sites = []
@@ -45,6 +47,7 @@ class RunReport:
         return {"cohort": self.cohort_name, "spec": self.spec, "sites": sites,
                 "agreement": self.agreement.to_json(), "rounds": self.rounds,
                 "training_errors": self.training_errors, "final_weights": self.final_weights,
+                "consortium_totals": self.totals.to_json() if self.totals else None,
                 "config": self.config}
 
 
@@ -57,40 +60,73 @@ _LABEL_STYLE = (("negative", "negative", "#4c78a8"), ("positive", "positive (pac
 
 
 def plot_label_balance(report: RunReport, path: Path) -> None:
-    """Stacked bars of released labels per site in the agreed subset.
+    """Stacked bars of released labels per site in the agreed subset, and the consortium total.
 
     A suppressed cell is drawn as a hatched, outlined band of height ``min cell - 1`` and marked
     ``<k``: the coordinator sees that the cell exists below the threshold (possibly zero), never its value.
+    The right panel (when secure totals ran) is the exact consortium total from secure aggregation,
+    naming the sites it covers.
     """
     subset = report.agreement.rule.subset
     answers = sorted(report.answers, key=lambda a: a.site_id)
-    fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(answers) + 2), 4))
-    bottoms = [0.0] * len(answers)
-    for key, _name, color in _LABEL_STYLE:
-        for i, a in enumerate(answers):
-            if a.released is None:
-                continue
-            value = a.released.labels.get(subset, {}).get(key)
-            if value is None:
-                k = a.released.min_cell_size
-                ax.bar(i, k - 1, bottom=bottoms[i], color="none", edgecolor=color, hatch="///", linewidth=1)
-                ax.annotate(f"{key} <{k}", (i, bottoms[i] + (k - 1) / 2), ha="center", va="center", fontsize=7)
-                bottoms[i] += k - 1
-            else:
-                ax.bar(i, value, bottom=bottoms[i], color=color)
-                bottoms[i] += value
-    for i, a in enumerate(answers):
-        if a.released is None:
-            ax.annotate(a.status, (i, 0), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
-    ax.set_xticks(list(range(len(answers))), [a.site_id for a in answers], rotation=20, ha="right")
-    ax.set_ylabel("patients (released counts)")
-    ax.set_title(f"Label balance per site, subset {subset!r}")
+    width = max(5, 1.4 * len(answers) + 2)
+    if report.totals is not None:
+        fig, (ax, ax_total) = plt.subplots(1, 2, figsize=(width + 3, 4.4), width_ratios=[max(1, len(answers)), 1.6])
+        _draw_totals(ax_total, report.totals, subset)
+    else:
+        fig, ax = plt.subplots(figsize=(width, 4))
+    _draw_sites(ax, answers, subset)
     handles = [Patch(color=color, label=name) for _, name, color in _LABEL_STYLE]
     handles.append(Patch(facecolor="none", edgecolor="grey", hatch="///", label="suppressed (below min cell)"))
     ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _draw_cell(ax: Any, x: float, bottom: float, value: int | None, min_cell: int, key: str, color: str) -> float:
+    if value is None:
+        ax.bar(x, min_cell - 1, bottom=bottom, color="none", edgecolor=color, hatch="///", linewidth=1)
+        ax.annotate(f"{key} <{min_cell}", (x, bottom + (min_cell - 1) / 2), ha="center", va="center", fontsize=7)
+        return bottom + min_cell - 1
+    ax.bar(x, value, bottom=bottom, color=color)
+    return bottom + value
+
+
+def _draw_sites(ax: Any, answers: list[SiteAnswer], subset: str) -> None:
+    bottoms = [0.0] * len(answers)
+    for key, _name, color in _LABEL_STYLE:
+        for i, a in enumerate(answers):
+            if a.released is not None:
+                bottoms[i] = _draw_cell(ax, i, bottoms[i], a.released.labels.get(subset, {}).get(key),
+                                        a.released.min_cell_size, key, color)
+    for i, a in enumerate(answers):
+        if a.released is None:
+            ax.annotate(a.status, (i, 0), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    ax.set_xticks(list(range(len(answers))), [a.site_id for a in answers], rotation=20, ha="right")
+    ax.set_ylabel("patients (released counts)")
+    ax.set_title(f"Label balance per site, subset {subset!r}")
+
+
+def _draw_totals(ax: Any, totals: ConsortiumTotals, subset: str) -> None:
+    ax.set_xticks([0], ["consortium"])
+    ax.set_title("Consortium total\n(secure aggregation)", fontsize=10)
+    if not totals.released:
+        ax.annotate(f"not released:\n{totals.reason}", (0.5, 0.5), xycoords="axes fraction", ha="center",
+                    va="center", fontsize=7, wrap=True)
+        ax.set_yticks([])
+        return
+    bottom = 0.0
+    labels = totals.labels.get(subset, {})
+    for key, _name, color in _LABEL_STYLE:
+        value = labels.get(key)
+        bottom = _draw_cell(ax, 0, bottom, value, totals.min_cell_size, key, color)
+        if value is not None:
+            ax.annotate(str(value), (0, bottom - value / 2), ha="center", va="center", fontsize=8, color="white")
+    ax.set_xlim(-0.8, 0.8)
+    sites = "\n".join(totals.contributors)
+    dropped = f"\ndropped: {', '.join(totals.dropped)}" if totals.dropped else ""
+    ax.set_xlabel(f"{len(totals.contributors)} sites:\n{sites}{dropped}", fontsize=7)
 
 
 def plot_metrics(report: RunReport, path: Path) -> None:
@@ -126,6 +162,30 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}"/>'
 
 
+def _totals_html(report: RunReport) -> str:
+    """The consortium totals section: exact sums over the contributing sites, or why there are none."""
+    t = report.totals
+    if t is None:
+        return ""
+    esc = html.escape
+    head = "<h2>Consortium totals (secure aggregation)</h2>"
+    rule = report.agreement.consortium
+    rule_html = f"<p>Consortium rule: {esc(rule)}</p>" if rule else ""
+    declined = "".join(f"<li>{esc(site)}: {esc(why)}</li>" for site, why in sorted(t.declined.items()))
+    declined_html = f"<p>Did not join:</p><ul>{declined}</ul>" if declined else ""
+    if not t.released:
+        return f"{head}<p>Not released: {esc(t.reason or '')}</p>{declined_html}{rule_html}"
+    rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in (
+        name, _fmt(n), *(_fmt(t.labels.get(name, {}).get(k)) for k in ("positive", "negative", "unknown"))))
+        + "</tr>" for name, n in t.subsets.items())
+    notes = "".join(f"<li>{esc(n)}</li>" for n in t.notes)
+    return (f"{head}<p>Exact sums over {len(t.contributors)} sites ({esc(', '.join(t.contributors))}); no single "
+            f"site's counts were seen. Cells below {t.min_cell_size} or recoverable by subtracting the sites' "
+            f"own released counts are suppressed; at least {t.min_sites} sites must contribute.</p>"
+            f"<table><tr><th>subset</th><th>patients</th><th>positive</th><th>negative</th><th>unknown</th></tr>"
+            f"{rows}</table>{f'<ul>{notes}</ul>' if notes else ''}{declined_html}{rule_html}")
+
+
 def render_html(report: RunReport, out: Path) -> str:
     """A self-contained HTML page (tables and embedded plots, no external resources)."""
     rows = []
@@ -155,6 +215,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:90%}}th{{background:#eee}
 <p>Agreed subset: <b>{html.escape(subset)}</b>; rule: at least {report.agreement.rule.min_cases} cases
 and {report.agreement.rule.min_positives} released positives per site. "suppressed" means below the site's
 minimum cell size (zero included).</p>
+{_totals_html(report)}
 {_img(out / LABEL_BALANCE_PNG)}
 <h2>Training (FedAvg)</h2>
 <table><tr><th>round</th><th>train loss</th><th>AUROC</th><th>balanced accuracy</th><th>sites</th></tr>

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from cohort.consortium import ConsortiumTotals
 from cohort.disclosure import ReleasedCounts
 from cohort.protocol import STATUS_ANSWERED, STATUS_ERROR, STATUS_REFUSED
-from fl_server.agreement import Agreement, AgreementRule, SiteAnswer, agree
+from fl_server.agreement import Agreement, AgreementRule, SiteAnswer, agree, apply_totals
 from fl_server.federation import STATUS_TIMEOUT
 from fl_server.report import (
     LABEL_BALANCE_PNG,
@@ -53,7 +54,8 @@ def test_sites_meeting_the_rule_participate_with_their_released_counts() -> None
     js = out.to_json()
     assert js["participating_sites"] == ["a", "b"]
     assert js["released_cases_total"] == 120
-    assert js["rule"] == {"subset": "labelled", "min_cases": 20, "min_positives": 5}
+    assert js["rule"] == {"subset": "labelled", "min_cases": 20, "min_positives": 5, "min_cases_total": 0,
+                          "min_positives_total": 0}
 
 
 def test_too_few_cases_excludes_the_site_with_the_number_in_the_reason() -> None:
@@ -189,3 +191,60 @@ def test_html_escapes_site_supplied_text(tmp_path: Path) -> None:
     write_reports(report, tmp_path)
     page = (tmp_path / REPORT_HTML).read_text(encoding="utf-8")
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+# ------------------------------------------------------------------- consortium totals (secure sums)
+
+
+def _totals(pos: int | None, cases: int | None = 120, released: bool = True) -> ConsortiumTotals:
+    if not released:
+        return ConsortiumTotals("refused", reason="2 sites joined, fewer than min_sites=3")
+    return ConsortiumTotals("released", contributors=["a", "b", "c"], min_cell_size=10, min_sites=3,
+                            patients=150, subsets={"labelled": cases},
+                            labels={"labelled": {"positive": pos, "negative": 90, "unknown": None}})
+
+
+def _three() -> list[SiteAnswer]:
+    return [_answer(s, i, 40, None, 33) for i, s in enumerate("abc", start=1)]
+
+
+@pytest.mark.parametrize(("totals", "min_pos", "trains", "why"), [
+    (_totals(24), 20, True, "meet the rule"),
+    (_totals(19), 20, False, "19 positives"),
+    (_totals(None), 20, False, "suppressed"),
+    (_totals(None, released=False), 20, False, "no consortium totals"),
+    (None, 20, False, "secure totals are off"),
+    (_totals(None), 0, True, None),  # no consortium rule: the per-site rule decides
+], ids=["enough", "one-short", "suppressed", "withheld", "off", "no-rule"])
+def test_min_positives_total_reads_the_secure_total(totals: ConsortiumTotals | None, min_pos: int, trains: bool,
+                                                    why: str | None) -> None:
+    rule = AgreementRule("labelled", min_cases=20, min_positives_total=min_pos)
+    out = apply_totals(agree(_three(), rule), totals)
+    assert bool(out.participants) is trains
+    if why:
+        assert why in (out.consortium or "")
+    if not trains:  # every site's reason says why nobody trains
+        assert all(why in d.reason for d in out.decisions)
+    assert out.to_json()["consortium_rule"] == out.consortium
+
+
+def test_min_cases_total_reads_the_secure_total() -> None:
+    rule = AgreementRule("labelled", min_cases=20, min_cases_total=150)
+    out = apply_totals(agree(_three(), rule), _totals(24, cases=120))
+    assert not out.participants and "120 cases" in (out.consortium or "") and "min_cases_total" in out.consortium
+
+
+def test_reports_show_consortium_totals_with_the_contributing_sites(tmp_path: Path) -> None:
+    report = _report(rounds=False)
+    report.totals = _totals(24)
+    report.totals.notes.append("d dropped out during the protocol; the total covers the other 3 sites")
+    write_reports(report, tmp_path)
+    data = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert data["consortium_totals"]["labels"]["labelled"]["positive"] == 24
+    assert data["consortium_totals"]["contributors"] == ["a", "b", "c"]
+    page = (tmp_path / REPORT_HTML).read_text(encoding="utf-8")
+    assert "Consortium totals (secure aggregation)" in page and "a, b, c" in page and "dropped out" in page
+    assert (tmp_path / LABEL_BALANCE_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report.totals = _totals(None, released=False)
+    write_reports(report, tmp_path)
+    assert "Not released: 2 sites joined" in (tmp_path / REPORT_HTML).read_text(encoding="utf-8")

@@ -122,3 +122,53 @@ def test_far_apart_nested_totals_are_both_released():
     counts = CohortCounts(patients=40, subsets={"CT": SubsetCounts(25, 5, 20, 0)})
     out = release(counts, DisclosurePolicy(min_cell_size=10))
     assert out.patients == 40 and out.subsets["CT"] == 25
+
+
+# ------------------------------------------------------------------------- differential privacy
+
+
+def _dp_counts() -> CohortCounts:
+    return CohortCounts(patients=200, subsets={"CT": SubsetCounts(180, 30, 140, 10), "ECG": SubsetCounts(150, 3, 140, 7)},
+                        distributions=[Distribution("qrs_duration", "histogram", "cohort", [Bin("60-80", 50)])])
+
+
+def test_dp_release_adds_discrete_laplace_noise_of_the_stated_scale() -> None:
+    import numpy as np
+
+    from cohort.disclosure import dp_sensitivity, release_dp
+
+    policy = DisclosurePolicy(min_cell_size=5, dp_epsilon=2.0)
+    counts = _dp_counts()
+    assert dp_sensitivity(counts) == 5  # cohort + (count + one label cell) per subset
+    rng = np.random.default_rng(0)
+    draws = [release_dp(counts, policy, rng=rng) for _ in range(400)]
+    noise = np.array([d.subsets["CT"] - 180 for d in draws])
+    assert all(float(v).is_integer() for v in noise)
+    # Discrete Laplace with scale b = 5 / 2: mean 0, mean |noise| close to b.
+    assert abs(noise.mean()) < 0.6 and 1.8 < np.abs(noise).mean() < 3.2
+    assert len(set(noise.tolist())) > 5
+    d = draws[0]
+    assert d.dp == {"mechanism": "laplace", "epsilon": 2.0, "sensitivity": 5, "scale": 2.5} and d.noise
+    assert d.distributions[0].refused and "dp_epsilon" in d.distributions[0].refused and not d.distributions[0].bins
+
+
+def test_dp_release_still_suppresses_cells_below_the_minimum() -> None:
+    import numpy as np
+
+    from cohort.disclosure import release_dp
+
+    policy = DisclosurePolicy(min_cell_size=10, dp_epsilon=1.0)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        out = release_dp(_dp_counts(), policy, rng=rng)
+        cells = [out.patients, *out.subsets.values(), *(v for lab in out.labels.values() for v in lab.values())]
+        assert all(v is None or v >= 10 for v in cells)
+
+
+def test_dp_release_needs_an_epsilon_and_refuses_identifying_fields() -> None:
+    from cohort.disclosure import release_dp
+
+    with pytest.raises(DisclosureError, match="dp_epsilon"):
+        release_dp(_dp_counts(), DisclosurePolicy())
+    with pytest.raises(DisclosureError, match="identifying"):
+        release_dp(_dp_counts(), DisclosurePolicy(dp_epsilon=1.0), spec_fields=["PatientID"])

@@ -31,6 +31,10 @@ from cohort.protocol import (
     KEY_SPEC_JSON,
     KEY_STATUS,
     QUERY_ACTION,
+    SECAGG_COLLECT_ACTION,
+    SECAGG_SETUP_ACTION,
+    SECAGG_SHARE_KEYS_ACTION,
+    SECAGG_UNMASK_ACTION,
     STATUS_ANSWERED,
     STATUS_REFUSED,
 )
@@ -94,6 +98,13 @@ HOSTILE_SPECS = {
     "window-on-patient_birth_date": _with(lambda s: s["objects"]["ecg"]["within"].update(
         date_field="patient_birth_date")),
     "distribution-of-exact-dates": _with(lambda s: s["distributions"].append({"object": "ecg", "field": "ecg_datetime"})),
+    "free-text-contains-a-surname": _with(lambda s: s.update(
+        objects={**s["objects"], "letter": {"kind": "SR", "template": "free_text",
+                                            "where": [{"field": "report_text", "op": "contains", "value": "Vogt"}]}},
+        cohort={"all": [s["cohort"], "letter"]})),
+    "free-text-label": _with(lambda s: s.update(
+        objects={**s["objects"], "letter": {"kind": "SR", "template": "free_text"}},
+        label={"object": "letter", "field": "report_text", "positive": ["Vogt"], "negative": []})),
 }
 
 
@@ -397,6 +408,12 @@ def test_no_identifier_leaves_a_site_in_a_full_run(shared: Consortium, tmp_path:
     for i in range(c.n_sites):
         blobs[f"audit:{c.site(i).site_id}"] = (c.site(i).store_path() / "audit.jsonl").read_bytes()
     assert len(blobs["flower-log"]) > 0 and b"negotiation" in blobs["flower-log"]
+    # The secure totals ran on the same sites: their messages are among the scanned payloads.
+    assert report["consortium_totals"]["status"] == "released"
+    assert sorted(report["consortium_totals"]["contributors"]) == sorted(c.site(i).site_id for i in range(c.n_sites))
+    assert {t for t in types if t.startswith("query.secagg")} == {
+        f"query.{a}" for a in (SECAGG_SETUP_ACTION, SECAGG_SHARE_KEYS_ACTION, SECAGG_COLLECT_ACTION,
+                               SECAGG_UNMASK_ACTION)}
     assert any(b"released" in blobs[k] for k in blobs if k.startswith("audit:"))
 
     hits = _scan(blobs, _needles(identities(c)))

@@ -77,3 +77,57 @@ def check_privacy(spec: CohortSpec) -> None:
     found = privacy_violations(spec)
     if found:
         raise found[0]
+
+
+# The site-policy key that lets a coordinator's query compare free text with chosen terms.
+FREE_TEXT_POLICY_KEY = "disclosure.free_text_terms"
+
+
+class FreeTextProbeError(IdentifyingRequestError):
+    """The spec compares free text with a value the site has not allowed (it could probe for people)."""
+
+
+def free_text_fields() -> frozenset[str]:
+    """Free-text fields: text content items of SR documents (reports, letters), from the catalog."""
+    from cohort.index.catalog import field_catalog  # lazy: the catalog imports this module
+
+    return frozenset(f.name for f in field_catalog().values() if f.value_type == "text" and f.source == "item")
+
+
+def _values(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else [value]
+
+
+def free_text_probes(spec: CohortSpec, allowed_terms: list[str],
+                     text_fields: frozenset[str] | None = None) -> list[FreeTextProbeError]:
+    """Every comparison of a free-text field with a value outside ``allowed_terms`` (``exists`` is fine).
+
+    The value itself is never repeated in the message: it may be a name.
+    """
+    fields = free_text_fields() if text_fields is None else text_fields
+    allowed = {t.casefold() for t in allowed_terms}
+    shown = f"{len(allowed)} terms" if allowed else "no terms"
+    found: list[FreeTextProbeError] = []
+
+    def refuse(path: str, field: str, how: str) -> FreeTextProbeError:
+        return FreeTextProbeError(path, f"free-text field {field!r} {how} a value this site has not allowed; "
+                                        f"a coordinator may compare free text only with the terms in the site "
+                                        f"policy key {FREE_TEXT_POLICY_KEY} ({shown} now), so free text cannot "
+                                        "be used to probe for people")
+
+    for name, obj in spec.objects.items():
+        for i, pred in enumerate(obj.where):
+            if pred.field in fields and pred.op != "exists" and any(
+                    str(v).casefold() not in allowed for v in _values(pred.value)):
+                found.append(refuse(f"objects.{name}.where[{i}]", pred.field, f"is compared ({pred.op!r}) with"))
+    if spec.label is not None and spec.label.field in fields and any(
+            str(v).casefold() not in allowed for v in [*spec.label.positive, *spec.label.negative]):
+        found.append(refuse("label", spec.label.field, "is used as a label with"))
+    return found
+
+
+def check_free_text(spec: CohortSpec, allowed_terms: list[str], text_fields: frozenset[str] | None = None) -> None:
+    """Raise FreeTextProbeError for the first free-text comparison the site policy does not allow."""
+    found = free_text_probes(spec, allowed_terms, text_fields)
+    if found:
+        raise found[0]
