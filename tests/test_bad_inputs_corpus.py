@@ -688,6 +688,18 @@ def test_every_valid_input_is_still_converted(ingested: Ingested) -> None:
         1 for p in ingested.corpus.raw.glob("ecg/pacs/*.dcm"))
 
 
+def test_valid_objects_lack_no_attribute_their_sop_class_requires(ingested: Ingested) -> None:
+    # Every kind the site stores (CT, SEG, SRs of each template, ECG waveforms): no false alarms.
+    from cohort.ingest.conformance import missing_attributes
+
+    clean = [p for p in Store(ingested.store).files() if p.stem in ingested.clean_sop_uids]
+    kinds = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in clean}
+    assert len(kinds) >= 4, kinds
+    found = {p.name: [m.where for m in missing_attributes(pydicom.dcmread(p))] for p in clean}
+    assert {k: v for k, v in found.items() if v} == {}
+    assert not [w for w in ingested.report.warnings if not w.input.startswith(BAD + "/")]
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_bad_input_gets_its_outcome_and_an_actionable_reason(ingested: Ingested, case: BadCase) -> None:
     r = ingested.report

@@ -271,8 +271,9 @@ def test_cli_synth_ingest_validate(tmp_path: Path) -> None:
     assert sum(result["errors"].values()) == 0
 
 
-def test_cli_ingest_without_site_config_fails_with_a_readable_error(tmp_path: Path) -> None:
+def test_cli_ingest_without_site_config_or_store_fails_with_a_readable_error(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
-    result = _cohort("ingest", str(tmp_path / "raw"), "--store", str(tmp_path / "store"))
+    result = _cohort("ingest", str(tmp_path / "raw"))  # with --store it ingests with defaults
     assert result.returncode == 2
-    assert "--site-config" in result.stderr and "Traceback" not in result.stderr
+    assert "--store STORE" in result.stderr and "--site-config" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,7 +6,9 @@ Checked are the unconditional types only: type 1 (present and not empty) and typ
 be empty); 1C / 2C depend on conditions the tables do not hold, and ``cohort validate`` (dciodvfy)
 checks those on the store. Modules checked: every mandatory one of the IOD, and a user-optional or
 conditional one when the object carries an attribute that only that module defines (the module is
-then present and must be complete). Attributes inside a sequence are checked in every item of it.
+then present and must be complete). Attributes inside a sequence are checked in every item of it;
+in SR content items only what every item has, and in functional group sequences nothing directly
+(the tables merge the value-type macros and all functional group macros there, conditions lost).
 
 What a missing attribute leads to is the site's ``strictness`` setting; attributes the index or the
 export read (``NEEDED_ATTRIBUTES``) are not a matter of strictness: without them the object is of no
@@ -29,7 +31,7 @@ from highdicom._standard_utils import (  # the standard's tables; highdicom has 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 __all__ = ["MissingAttribute", "NEEDED_ATTRIBUTES", "PIXEL_DATA_KEYWORDS", "Truncation", "decode_all",
@@ -43,7 +45,7 @@ NEEDED_ATTRIBUTES = frozenset({
     "PhotometricInterpretation", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
     "SegmentSequence", "SegmentNumber", "SegmentLabel", "SegmentedPropertyCategoryCodeSequence",
     "SegmentedPropertyTypeCodeSequence", "SegmentAlgorithmType",
-    "ValueType", "ConceptNameCodeSequence", "ContinuityOfContent",
+    "ValueType", "ConceptNameCodeSequence",
     "WaveformSequence", "NumberOfWaveformChannels", "NumberOfWaveformSamples", "SamplingFrequency",
     "ChannelDefinitionSequence", "WaveformBitsAllocated", "WaveformSampleInterpretation", "WaveformData",
 })
@@ -51,6 +53,8 @@ PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _IMAGE_PIXEL_MODULE = "image-pixel"
 _MANDATORY = "M"
 _CHECKED_TYPES = ("1", "2")
+_EVERY_CONTENT_ITEM = frozenset({"ValueType", "RelationshipType"})
+_FUNCTIONAL_GROUPS = frozenset({("SharedFunctionalGroupsSequence",), ("PerFrameFunctionalGroupsSequence",)})
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,14 @@ class MissingAttribute:
 @dataclass(frozen=True)
 class _Requirement:
     keyword: str
+    tag: BaseTag  # not int: a BaseTag key compares with a BaseTag without converting it
     type: str
     module: str
     path: tuple[str, ...]
+
+
+# Requirements grouped by the sequence path they sit under (() for the top level).
+_ByPath = dict[tuple[str, ...], tuple[_Requirement, ...]]
 
 
 def _iod_of(sop_class: str) -> str | None:
@@ -101,83 +110,90 @@ def is_image_sop_class(sop_class: str) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _requirements(sop_class: str) -> tuple[tuple[_Requirement, ...], dict[str, frozenset[str]]]:
-    """Type 1/2 requirements of the mandatory modules, and per optional module the attributes that mark it."""
+def _requirements(sop_class: str) -> tuple[list[str], dict[str, frozenset[BaseTag]]]:
+    """The IOD's mandatory modules, and per other module the top-level tags that only it defines."""
     iod = _iod_of(sop_class)
     if iod is None:
-        return (), {}
+        return [], {}
     modules = get_iod_module_map()[iod]
     attrs = get_module_attribute_map()
     mandatory = [m["key"] for m in modules if m["usage"] == _MANDATORY]
     in_mandatory = {a["keyword"] for key in mandatory for a in attrs.get(key, []) if not a["path"]}
-    optional = {m["key"]: frozenset(a["keyword"] for a in attrs.get(m["key"], [])
-                                    if not a["path"] and a["keyword"] not in in_mandatory)
+    optional = {m["key"]: frozenset(Tag(t) for a in attrs.get(m["key"], [])
+                                    if not a["path"] and a["keyword"] not in in_mandatory
+                                    and (t := tag_for_keyword(a["keyword"])) is not None)
                 for m in modules if m["usage"] != _MANDATORY}
-    return _strictest(mandatory), optional
+    return mandatory, optional
 
 
 @lru_cache(maxsize=1024)
-def _module_requirements(module: str) -> tuple[_Requirement, ...]:
-    return _strictest([module])
-
-
-def _strictest(modules: list[str]) -> tuple[_Requirement, ...]:
-    """One requirement per (path, keyword): type 1 wins over type 2 when modules disagree."""
+def _strictest(modules: tuple[str, ...]) -> _ByPath:
+    """One requirement per (path, keyword), by path: type 1 wins over type 2 when modules disagree."""
     attrs = get_module_attribute_map()
     best: dict[tuple[tuple[str, ...], str], _Requirement] = {}
     for module in modules:
         for a in attrs.get(module, []):
-            if a["type"] not in _CHECKED_TYPES:
+            tag = tag_for_keyword(a["keyword"])
+            if a["type"] not in _CHECKED_TYPES or tag is None:
                 continue
             key = (tuple(a["path"]), a["keyword"])
             if key not in best or a["type"] < best[key].type:
-                best[key] = _Requirement(a["keyword"], a["type"], module, key[0])
-    return tuple(best.values())
+                best[key] = _Requirement(a["keyword"], Tag(tag), a["type"], module, key[0])
+    # The tables merge the value-type macros of an SR content item (or acquisition context item) into
+    # one list, so at the level of a content item every value's attribute reads as type 1 (a TEXT
+    # item would "lack" MeasuredValueSequence). There, only what every item has is checked.
+    # Likewise the functional group sequences list every macro, most of them conditional.
+    content_items = {req.path for req in best.values() if req.keyword == "ValueType"}
+    grouped: dict[tuple[str, ...], list[_Requirement]] = {}
+    for req in best.values():
+        if req.path in _FUNCTIONAL_GROUPS or (req.path in content_items and req.keyword not in _EVERY_CONTENT_ITEM):
+            continue
+        grouped.setdefault(req.path, []).append(req)
+    return {path: tuple(reqs) for path, reqs in grouped.items()}
 
 
-def _items(ds: Dataset, path: tuple[str, ...]) -> Iterator[Dataset]:
-    """Every item at ``path`` (sequence keywords); nothing when a sequence on the way is absent."""
-    if not path:
+@lru_cache(maxsize=4096)
+def _path_tags(path: tuple[str, ...]) -> tuple[BaseTag, ...]:
+    return tuple(Tag(tag_for_keyword(k) or 0) for k in path)
+
+
+def _items(ds: Dataset, path_tags: tuple[BaseTag, ...]) -> Iterator[Dataset]:
+    """Every item at the sequence path ``path_tags``; nothing when a sequence on the way is absent."""
+    if not path_tags:
         yield ds
         return
-    head, rest = path[0], path[1:]
-    for item in ds.get(head) or []:
-        yield from _items(item, rest)
+    head, rest = path_tags[0], path_tags[1:]
+    if head in ds.keys():  # int membership: no keyword lookup per requirement
+        for item in ds[head].value or []:
+            yield from _items(item, rest)
 
 
-def _is_empty(ds: Dataset, keyword: str) -> bool:
-    value = ds[keyword].value
+def _is_empty(value: object) -> bool:
     if value is None:
         return True
-    if isinstance(value, (str, bytes, list, tuple)) or hasattr(value, "__len__"):
-        return len(value) == 0
-    return False
+    return hasattr(value, "__len__") and len(value) == 0  # type: ignore[arg-type]
 
 
 def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
     """Type 1 and type 2 attributes the object's SOP class requires and the object lacks.
 
-    Empty for SOP classes the tables do not know (private or retired ones).
+    Empty for SOP classes the tables do not know (private or retired ones). Each requirement is
+    reported once, for the first item of a sequence that lacks it.
     """
     mandatory, optional = _requirements(str(ds.get("SOPClassUID", "")))
-    present_top = set(ds.dir())
-    checked = list(mandatory)
-    for module, markers in optional.items():
-        if markers & present_top:
-            checked += _module_requirements(module)
+    top = ds.keys()
+    present = [m for m, markers in optional.items() if any(t in top for t in markers)]
     out: list[MissingAttribute] = []
-    seen: set[tuple[tuple[str, ...], str]] = set()
-    for req in checked:
-        if (req.path, req.keyword) in seen:
-            continue
-        seen.add((req.path, req.keyword))
-        for item in _items(ds, req.path):
-            if req.keyword not in item:
-                out.append(MissingAttribute(req.keyword, req.type, req.module, req.path, empty=False))
-                break
-            if req.type == "1" and _is_empty(item, req.keyword):
-                out.append(MissingAttribute(req.keyword, req.type, req.module, req.path, empty=True))
-                break
+    for path, reqs in _strictest(tuple(mandatory + present)).items():
+        items = list(_items(ds, _path_tags(path)))
+        for req in reqs:
+            for item in items:
+                if req.tag not in item.keys():
+                    out.append(MissingAttribute(req.keyword, req.type, req.module, path, empty=False))
+                    break
+                if req.type == "1" and _is_empty(item[req.tag].value):
+                    out.append(MissingAttribute(req.keyword, req.type, req.module, path, empty=True))
+                    break
     return out
 
 

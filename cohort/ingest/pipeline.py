@@ -229,14 +229,15 @@ class _ConversionWorker:
                     out.objects.append(self._stage(ds))
             except InputError as exc:
                 out.discard()
-                return _Converted(error=str(exc), warnings=_library_warnings(caught))
+                out = _Converted(error=str(exc))
             except Exception as exc:  # a converter bug must not sink the run; keep the input and say so
                 out.discard()
-                return _Converted(error=f"converter {conv.name} failed unexpectedly: {type(exc).__name__}: "
-                                        f"{exc} (please report this as a bug)", warnings=_library_warnings(caught))
-        out.rejected = [(part.where, part.reason, part.content) for part in result.rejected]
-        out.warnings = [{"sop_uid": w.sop_uid, "message": w.message} for w in result.warnings]
-        out.warnings += _library_warnings(caught)
+                out = _Converted(error=f"converter {conv.name} failed unexpectedly: {type(exc).__name__}: "
+                                       f"{exc} (please report this as a bug)")
+        if out.error is None:
+            out.rejected = [(part.where, part.reason, part.content) for part in result.rejected]
+            out.warnings = [{"sop_uid": w.sop_uid, "message": w.message} for w in result.warnings]
+        out.warnings += library_warnings(caught)
         return out
 
     def _stage(self, ds: Dataset) -> _Staged:
@@ -257,11 +258,21 @@ class _ConversionWorker:
         return _Staged(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.PatientID), str(temp), str(target))
 
 
-def _library_warnings(caught: list[warnings.WarningMessage]) -> list[dict[str, str]]:
-    """Distinct warnings raised while converting one input, each prefixed with the library it came from."""
+_DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
+
+
+def library_warnings(caught: list[warnings.WarningMessage]) -> list[dict[str, str]]:
+    """Distinct warnings raised while converting one input, each prefixed with the library it came from.
+
+    Warnings for developers (deprecations, resources) say nothing about the input: they are issued
+    again as they came, for the usual warning filters to handle.
+    """
     out: list[dict[str, str]] = []
     seen: set[str] = set()
     for w in caught:
+        if issubclass(w.category, _DEVELOPER_WARNINGS):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+            continue
         message = f"{warning_origin(w.filename)}: {w.message}"
         if message not in seen:
             seen.add(message)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cohort.ingest.base import Converter
-from cohort.ingest.pipeline import IngestRun, ProgressCallback, warning_origin
+from cohort.ingest.pipeline import IngestRun, ProgressCallback, library_warnings
 from cohort.ingest.report import IngestReport, InputWarning
 from cohort.siteconfig import SiteConfig
 from cohort.store import Store
@@ -39,11 +39,9 @@ def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress:
                 added = idx.add_files(list(store.files()), progress=index_progress)
                 idx.optimize()  # re-sorts for fast queries once enough rows were appended
         known = {w.message for w in report.warnings}
-        for w in caught:
-            message = f"{warning_origin(w.filename)}: {w.message}"
-            if message not in known:
-                known.add(message)
-                report.warnings.append(InputWarning(INDEXING_INPUT, "", message))
+        for found in library_warnings(caught):
+            if found["message"] not in known:
+                report.warnings.append(InputWarning(INDEXING_INPUT, "", found["message"]))
         report.indexed_files = added.indexed
         report.index_failures = [{"path": p, "reason": r} for p, r in added.failed]
         report.timings["index_s"] = round(time.perf_counter() - t0, 3)
