@@ -230,17 +230,19 @@ def _dist_value(rel: ReleasedCounts, i: int, label: str) -> int | None:
     return next((b["count"] for b in rel.distributions[i].bins if b["label"] == label), None)
 
 
-def _label_secondary_suppression(cells: list[int | None], raw: list[int]) -> list[int | None]:
+def _label_secondary_suppression(cells: list[int | None], raw: list[int], min_cell: int) -> list[int | None]:
     """Secondary suppression of a subset's label cells, except for an empty ``unknown`` cell alone.
 
     Subtraction then tells the coordinator that no patient of the subset lacks a label (true by
-    construction for a "labelled" subset); that says nothing about anyone's health, while hiding the
-    next smallest cell would hide the consortium's positives, the number the coordinator needs.
+    construction for a "labelled" subset), so every site's ``unknown`` is 0 too. That is safe because
+    each site's own suppressed label cells sum to at least its minimum cell (``secondary_suppression``):
+    knowing one of them is 0 leaves a sum of at least the minimum cell, never a small count. Hiding the
+    next smallest cell instead would hide the consortium's positives, the number the coordinator needs.
     """
     unknown = LABEL_KEYS.index("unknown")
     if [i for i, v in enumerate(cells) if v is SUPPRESSED] == [unknown] and raw[unknown] == 0:
         return cells
-    return secondary_suppression(cells, raw)
+    return secondary_suppression(cells, raw, min_cell)
 
 
 def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, min_cell: int,
@@ -263,7 +265,7 @@ def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, 
         cells = [check.cell(getattr(sc, k), [(r, r.labels.get(name, {}).get(k)) for r in releases], n)
                  for k in LABEL_KEYS]
         if total is not SUPPRESSED:
-            cells = _label_secondary_suppression(cells, raw)
+            cells = _label_secondary_suppression(cells, raw, min_cell)
         if name in differenced:
             cells = hide_sum(cells, raw)
         out.labels[name] = dict(zip(LABEL_KEYS, cells, strict=True))
@@ -277,7 +279,7 @@ def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, 
         cells = [check.cell(b.count, [(r, _dist_value(r, i, b.label)) for r in releases], sites) for b in d.bins]
         total = out.subsets.get(d.subset, out.patients if d.subset == ALL_SUBSET else SUPPRESSED)
         if total is not SUPPRESSED:
-            cells = secondary_suppression(cells, raw)
+            cells = secondary_suppression(cells, raw, min_cell)
         if d.subset in differenced:
             cells = hide_sum(cells, raw)
         rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}

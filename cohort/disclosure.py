@@ -5,8 +5,8 @@ Rules (the site's policy wins; a request can only make them stricter):
 * Every released cell counts distinct patients. A cell below the minimum cell size is suppressed;
   zero is suppressed too, so "suppressed" never reveals whether a cell is empty.
 * Secondary suppression: where cells add up to a released total (label cells of a subset, bins of a
-  single-valued distribution), one suppressed cell could be recovered by subtraction, so the next
-  smallest cell is suppressed as well.
+  single-valued distribution), the suppressed cells' sum is known by subtraction, so further cells are
+  suppressed until at least two are and their true sum reaches the minimum cell.
 * Optional Laplace noise (scale ``noise_scale``) and rounding up to a multiple of ``rounding`` apply
   to released cells.
 * Differencing: totals of nested subsets (cohort, CT, CT+ECG, ...) that differ by less than the
@@ -120,18 +120,25 @@ class _Releaser:
     def group(self, raw: list[int], total_released: bool) -> list[int | None]:
         """Release cells that sum to a released total, with secondary suppression."""
         out = [self.cell(n) for n in raw]
-        return secondary_suppression(out, raw) if total_released else out
+        return secondary_suppression(out, raw, self.min_cell) if total_released else out
 
 
-def secondary_suppression(cells: list[int | None], raw: list[int]) -> list[int | None]:
-    """Cells adding up to a released total: with exactly one suppressed, also hide the next smallest."""
+def secondary_suppression(cells: list[int | None], raw: list[int], min_cell: int) -> list[int | None]:
+    """Cells adding up to a released total: the suppressed ones must not be recoverable from it.
+
+    Total minus the released cells is the sum of the suppressed cells. One suppressed cell would be
+    recovered exactly; several whose true sum is below the minimum cell would tell a small (or empty)
+    count all the same (positive 3 + unknown 0 = 3, and "unknown" is often empty by construction). So
+    the next smallest released cell is suppressed as well until at least two cells are suppressed and
+    their sum reaches the minimum cell (or every cell is suppressed).
+    """
     out = list(cells)
-    suppressed = [i for i, v in enumerate(out) if v is SUPPRESSED]
-    if len(suppressed) == 1:
+    while True:
+        hidden = [i for i, v in enumerate(out) if v is SUPPRESSED]
         others = [i for i, v in enumerate(out) if v is not SUPPRESSED]
-        if others:
-            out[min(others, key=lambda i: raw[i])] = SUPPRESSED
-    return out
+        if not hidden or not others or (len(hidden) >= 2 and sum(raw[i] for i in hidden) >= min_cell):
+            return out
+        out[min(others, key=lambda i: raw[i])] = SUPPRESSED
 
 
 def differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:

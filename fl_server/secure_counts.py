@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from cohort.consortium import STATUS_WITHHELD, ConsortiumTotals, CountLayout, decode, release_totals
+from cohort.errors import CohortError
 from cohort.protocol import (
     KEY_ACTIVE_NODES,
     KEY_CIPHERTEXTS,
@@ -240,7 +241,10 @@ def secure_totals(grid: Grid, sites: Iterable[SiteAnswer], spec_json: dict[str, 
         return ConsortiumTotals(STATUS_WITHHELD, reason="no site answered: no secure total",
                                 min_sites=settings.min_sites)
     layout = CountLayout.from_released([a.released for a in candidates.values()])  # type: ignore[misc]
-    totals = _Protocol(grid, candidates, spec_json, layout, settings).run()
+    try:
+        totals = _Protocol(grid, candidates, spec_json, layout, settings).run()
+    except (ValueError, KeyError, TypeError, CohortError) as exc:  # a malformed reply: no total, the run goes on
+        totals = ConsortiumTotals(STATUS_WITHHELD, reason=f"secure totals failed: {exc}", min_sites=settings.min_sites)
     totals.seconds = round(time.monotonic() - started, 3)
     log(INFO, "secure totals: %s over %s%s", totals.status, totals.contributors or "no sites",
         f" ({totals.reason})" if totals.reason else "")
@@ -255,5 +259,8 @@ def agree_with_totals(grid: Grid, answers: list[SiteAnswer], rule: AgreementRule
     if not settings.enabled:
         return apply_totals(agreement, None), None
     participants = {d.node_id for d in agreement.participants}
+    if not participants:
+        return apply_totals(agreement, None), ConsortiumTotals(
+            STATUS_WITHHELD, reason="no site meets the per-site rule: no secure total", min_sites=settings.min_sites)
     totals = secure_totals(grid, [a for a in answers if a.node_id in participants], spec_json, settings)
     return apply_totals(agreement, totals), totals

@@ -19,8 +19,9 @@ def test_small_cells_and_zero_are_suppressed_alike():
     counts = _counts(CT=(40, 0, 36, 4), ECG=(9, 1, 8, 0))
     out = release(counts, DisclosurePolicy(min_cell_size=10))
     assert out.subsets == {"CT": 40, "ECG": None}
-    # positive 0 and unknown 4 are both below 10: both suppressed, indistinguishable.
-    assert out.labels["CT"] == {"positive": None, "negative": 36, "unknown": None}
+    # positive 0 and unknown 4 are both below 10: both suppressed, indistinguishable; their sum
+    # (40 - 36 = 4) would still tell a small count, so negative is suppressed too.
+    assert out.labels["CT"] == {"positive": None, "negative": None, "unknown": None}
     assert out.labels["ECG"] == {"positive": None, "negative": None, "unknown": None}
 
 
@@ -31,6 +32,20 @@ def test_secondary_suppression_blocks_recovery_by_subtraction():
     assert lab["positive"] is None
     # With one suppressed cell, 60 - 40 - 15 would reveal 5: a second cell must be suppressed.
     assert sum(v is None for v in lab.values()) >= 2
+
+
+@pytest.mark.parametrize(("cells", "hidden"), [
+    ((70, 7, 63, 0), {"positive", "negative", "unknown"}),  # positive 7 + empty unknown: 7 would show
+    ((70, 12, 55, 3), {"positive", "unknown"}),  # 12 + 3 = 15 >= 10: two cells are enough
+    ((70, 4, 30, 36), {"positive", "negative"}),  # the next smallest is hidden, reaching 34
+], ids=["small-plus-empty", "enough-together", "next-smallest"])
+def test_suppressed_cells_never_sum_to_a_small_count(cells: tuple[int, int, int, int], hidden: set[str]) -> None:
+    out = release(_counts(S=cells), DisclosurePolicy(min_cell_size=10))
+    lab = out.labels["S"]
+    assert {k for k, v in lab.items() if v is None} == hidden
+    # What the coordinator can compute: released total minus released cells.
+    raw = dict(zip(("positive", "negative", "unknown"), cells[1:], strict=True))
+    assert out.subsets["S"] - sum(v for v in lab.values() if v is not None) == sum(raw[k] for k in hidden) >= 10
 
 
 def test_every_released_cell_meets_the_threshold():

@@ -242,6 +242,9 @@ def _check_released(rel: ReleasedCounts, raw: Any, policy: DisclosurePolicy, whe
         released_cells.update({("label", k, lk): v for lk, v in lab.items()})
         if rel.subsets[k] is not None:  # secondary suppression: never exactly one suppressed cell
             assert sum(v is None for v in lab.values()) != 1, f"{where}: lone suppressed label in {k}"
+            hidden = [lk for lk, v in lab.items() if v is None]  # their sum is total minus the rest
+            assert not hidden or sum(getattr(raw.subsets[k], lk) for lk in hidden) >= rel.min_cell_size, \
+                f"{where}: suppressed labels of {k} sum to a small count"
     for key, v in released_cells.items():
         if v is None:
             continue

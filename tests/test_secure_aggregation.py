@@ -463,11 +463,12 @@ class DroppingGrid:
 
 
 DP_BUDGET = 3.5
+SIM_MIN_CELL = 5  # each tiny site has fewer positives than this, together they have more
 
 
 @pytest.fixture(scope="module")
 def simulated(shared: Consortium, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One simulation, four sites (default minimum cell 10; the fourth answers with DP), many questions."""
+    """One simulation, four sites (minimum cell 5; the fourth answers with DP), many questions."""
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -477,11 +478,11 @@ def simulated(shared: Consortium, tmp_path_factory: pytest.TempPathFactory) -> d
     from tests.federation_sites import RecordingGrid, quiet_flower
 
     root = tmp_path_factory.mktemp("secure-sim")
-    c = four_sites(shared, root / "sites")
+    c = four_sites(shared, root / "sites", min_cell_size=SIM_MIN_CELL)
     c.set_policy(3, dp_epsilon=1.0, dp_budget=DP_BUDGET)
     quiet_flower(root / "flwr-home")
     spec = parse_spec(compose_config()["cohort"]).to_dict()
-    other = parse_spec(compose_config("conduction_disease")["cohort"]).to_dict()
+    other = _variant(spec, 5)  # another question (the same one again over fewer sites is refused)
     probe = copy.deepcopy(spec)
     probe["objects"]["letter"] = {"kind": "SR", "template": "free_text",
                                   "where": [{"field": "report_text", "op": "contains", "value": "Vogt"}]}
@@ -517,12 +518,13 @@ def test_simulation_secure_total_is_the_exact_sum_over_four_sites(simulated: dic
     c, totals = simulated["consortium"], simulated["secure"]
     truth = true_counts(c, simulated["spec"])
     assert totals.released and len(totals.contributors) == 4
-    assert _sum_checks(totals, truth) >= 5
-    # Every site suppressed its labelled positives (fewer than 10 each) ...
-    assert all(a.released.labels["labelled"]["positive"] is None for a in simulated["plain"])
-    # ... and the consortium's total is there when it reaches the minimum cell.
+    assert _sum_checks(totals, truth) >= 3
+    # Every site suppressed its labelled positives (fewer than the minimum cell each) ...
+    assert all(t.subsets["labelled"].positive < SIM_MIN_CELL for t in truth)
+    assert all(a.released.labels["labelled"]["positive"] is None for a in simulated["plain"] if a.released.dp is None)
+    # ... and the consortium's exact total is released.
     positives = sum(t.subsets["labelled"].positive for t in truth)
-    assert totals.labels["labelled"]["positive"] == (positives if positives >= 10 else None)
+    assert positives >= SIM_MIN_CELL and totals.labels["labelled"]["positive"] == positives
 
 
 @pytest.mark.slow
