@@ -14,7 +14,9 @@ ever sees the element-wise sum) both import it.
   site's own release, and a cross-check against the per-site releases: where all but one contributor
   released a cell exactly, total minus their values would be the last site's cell, so such a total is
   suppressed (generally: the part of the total not covered by exactly released cells must come from at
-  least ``min_sites`` sites and reach the minimum cell). One exception to secondary suppression: an
+  least ``min_sites`` sites and reach the minimum cell). A site's label cell counts as known also when
+  it is derivable from the site's released subset total (the only suppressed cell besides
+  ``unknown``, which may be empty by construction); the same holds for the total's own cells. One exception to secondary suppression: an
   empty ``unknown`` label cell alone below the minimum does not hide the positives (see
   ``_label_secondary_suppression``).
 """
@@ -205,23 +207,65 @@ def _exact(rel: ReleasedCounts, value: int | None) -> bool:
 
 
 class _CrossCheck:
-    """The release rule of one total cell, against the contributors' own releases of that cell."""
+    """The release rule of one total cell, against what the coordinator knows of the sites' cells."""
 
     def __init__(self, min_cell: int, min_sites: int) -> None:
         self.min_cell = min_cell
         self.min_sites = min_sites
 
-    def cell(self, total: int, site_values: Sequence[tuple[ReleasedCounts, int | None]], sites: int) -> int | None:
+    def cell(self, total: int, known: Sequence[int | None], sites: int) -> int | None:
+        """``known``: per contributor, its value of this cell when the coordinator knows it, else None."""
         if total < self.min_cell:
             return SUPPRESSED
-        exact = [v for rel, v in site_values if _exact(rel, v)]
+        exact = [v for v in known if v is not None]
         hidden_sites = sites - len(exact)
-        remainder = total - sum(v for v in exact if v is not None)
+        remainder = total - sum(exact)
         if hidden_sites == 0:
             return total
         if hidden_sites >= self.min_sites and remainder >= self.min_cell:
             return total
         return SUPPRESSED
+
+
+def _known(rel: ReleasedCounts, value: int | None) -> int | None:
+    return value if _exact(rel, value) else None
+
+
+def _known_label(rel: ReleasedCounts, subset: str, key: str) -> int | None:
+    """A site's label cell as the coordinator may know it: released exactly, or derived from the
+    subset total when it is the only suppressed cell besides ``unknown`` (which is often empty by
+    construction, e.g. in a "labelled" subset); then the derived value is exact or an upper bound."""
+    labels = rel.labels.get(subset, {})
+    value = labels.get(key)
+    if _exact(rel, value):
+        return value
+    total = rel.subsets.get(subset)
+    hidden = [k for k in LABEL_KEYS if labels.get(k) is None]
+    if key == "unknown" or not _exact(rel, total) or [k for k in hidden if k != "unknown"] != [key]:
+        return None
+    released = [labels[k] for k in LABEL_KEYS if k not in hidden]
+    if not all(_exact(rel, v) for v in released):
+        return None
+    return int(total) - sum(int(v) for v in released if v is not None)  # type: ignore[arg-type]
+
+
+def _derivable_labels(cells: list[int | None], raw: list[int], known: dict[str, list[int | None]],
+                      check: _CrossCheck, sites: int) -> list[int | None]:
+    """Hide more label cells of a total while a hidden one is derivable (the only one hidden besides
+    ``unknown``, under a released total) and would not pass the cross-check itself."""
+    out = list(cells)
+    while True:
+        hidden = [k for k, v in zip(LABEL_KEYS, out, strict=True) if v is None]
+        rest = [k for k in hidden if k != "unknown"]
+        if len(rest) != 1:
+            return out
+        k = rest[0]
+        if check.cell(raw[LABEL_KEYS.index(k)], known[k], sites) is not SUPPRESSED:
+            return out
+        shown = [i for i, v in enumerate(out) if v is not None]
+        if not shown:
+            return out
+        out[min(shown, key=lambda i: raw[i])] = SUPPRESSED
 
 
 def _dist_value(rel: ReleasedCounts, i: int, label: str) -> int | None:
@@ -256,16 +300,16 @@ def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, 
     counts, check, n = summed.counts, _CrossCheck(min_cell, min_sites), summed.sites
     differenced = differencing_suppression(counts, min_cell)
     out.patients = SUPPRESSED if ALL_SUBSET in differenced else check.cell(
-        counts.patients, [(r, r.patients) for r in releases], n)
+        counts.patients, [_known(r, r.patients) for r in releases], n)
     for name, sc in counts.subsets.items():
         total = SUPPRESSED if name in differenced else check.cell(
-            sc.patients, [(r, r.subsets.get(name)) for r in releases], n)
+            sc.patients, [_known(r, r.subsets.get(name)) for r in releases], n)
         out.subsets[name] = total
         raw = [getattr(sc, k) for k in LABEL_KEYS]
-        cells = [check.cell(getattr(sc, k), [(r, r.labels.get(name, {}).get(k)) for r in releases], n)
-                 for k in LABEL_KEYS]
+        known = {k: [_known_label(r, name, k) for r in releases] for k in LABEL_KEYS}
+        cells = [check.cell(getattr(sc, k), known[k], n) for k in LABEL_KEYS]
         if total is not SUPPRESSED:
-            cells = _label_secondary_suppression(cells, raw, min_cell)
+            cells = _derivable_labels(_label_secondary_suppression(cells, raw, min_cell), raw, known, check, n)
         if name in differenced:
             cells = hide_sum(cells, raw)
         out.labels[name] = dict(zip(LABEL_KEYS, cells, strict=True))
@@ -276,7 +320,8 @@ def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, 
             out.distributions.append(rd)
             continue
         raw = [b.count for b in d.bins]
-        cells = [check.cell(b.count, [(r, _dist_value(r, i, b.label)) for r in releases], sites) for b in d.bins]
+        cells = [check.cell(b.count, [_known(r, _dist_value(r, i, b.label)) for r in releases], sites)
+                 for b in d.bins]
         total = out.subsets.get(d.subset, out.patients if d.subset == ALL_SUBSET else SUPPRESSED)
         if total is not SUPPRESSED:
             cells = secondary_suppression(cells, raw, min_cell)

@@ -575,3 +575,34 @@ def test_a_small_unknown_total_still_hides_the_next_smallest_label() -> None:
     summed = decode([sum(col) for col in zip(*vecs, strict=True)], layout)
     totals = release_totals(summed, [_rel(None)] * 3, min_cell=10, min_sites=3)
     assert totals.labels["S"] == {"positive": None, "negative": 102, "unknown": None}
+
+
+@pytest.mark.parametrize(("sites", "positives"), [
+    # Two sites' positives (12, 17) are derivable from their released labelled totals and negatives
+    # (unknown is empty by construction); a total of 36 would give the third site's 7.
+    ([(60, 12, 48, 0), (66, 17, 49, 0), (74, 7, 67, 0)], None),
+    # Every site hides its positives and negatives: the total reveals no site's count.
+    ([(60, 4, 56, 0), (66, 5, 61, 0), (74, 7, 67, 0)], 16),
+    # All three derivable (each at least the minimum cell): the total adds nothing, it is released.
+    ([(60, 12, 48, 0), (66, 17, 49, 0), (74, 10, 64, 0)], 39),
+], ids=["two-derivable", "all-hidden", "all-derivable"])
+def test_a_total_never_reveals_a_site_through_derivable_cells(sites: list[tuple[int, int, int, int]],
+                                                               positives: int | None) -> None:
+    from cohort.disclosure import release
+    from cohort.results import CohortCounts, SubsetCounts
+    from cohort.siteconfig import DisclosurePolicy
+
+    layout = CountLayout(("labelled",))
+    counts = [CohortCounts(c[0], {"labelled": SubsetCounts(*c)}) for c in sites]
+    rels = [release(c, DisclosurePolicy(min_cell_size=10)) for c in counts]
+    summed = decode([sum(col) for col in zip(*(site_vector(c, layout, DisclosurePolicy()) for c in counts),
+                                             strict=True)], layout)
+    totals = release_totals(summed, rels, min_cell=10, min_sites=3)
+    assert totals.labels["labelled"]["positive"] == positives
+    # Whatever is released, no site's hidden positive count follows from the totals and releases.
+    for i, rel in enumerate(rels):
+        lab = rel.labels["labelled"]
+        if lab["positive"] is None and lab["negative"] is None and totals.labels["labelled"]["positive"] is not None:
+            others = [r.subsets["labelled"] - r.labels["labelled"]["negative"] for j, r in enumerate(rels)
+                      if j != i and r.labels["labelled"]["negative"] is not None]
+            assert len(others) < len(rels) - 1, f"site {i}'s positives follow by subtraction"
