@@ -77,7 +77,8 @@ def plot_label_balance(report: RunReport, path: Path) -> None:
         fig, ax = plt.subplots(figsize=(width, 4))
     _draw_sites(ax, answers, subset)
     handles = [Patch(color=color, label=name) for _, name, color in _LABEL_STYLE]
-    handles.append(Patch(facecolor="none", edgecolor="grey", hatch="///", label="suppressed (below min cell)"))
+    handles.append(Patch(facecolor="none", edgecolor="grey", hatch="///",
+                         label="suppressed (below min cell, or would reveal one); band height not a count"))
     ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -87,7 +88,8 @@ def plot_label_balance(report: RunReport, path: Path) -> None:
 def _draw_cell(ax: Any, x: float, bottom: float, value: int | None, min_cell: int, key: str, color: str) -> float:
     if value is None:
         ax.bar(x, min_cell - 1, bottom=bottom, color="none", edgecolor=color, hatch="///", linewidth=1)
-        ax.annotate(f"{key} <{min_cell}", (x, bottom + (min_cell - 1) / 2), ha="center", va="center", fontsize=7)
+        # Below the minimum cell, or hidden because subtraction would reveal one: the band is not a value.
+        ax.annotate(f"{key}: suppressed", (x, bottom + (min_cell - 1) / 2), ha="center", va="center", fontsize=7)
         return bottom + min_cell - 1
     ax.bar(x, value, bottom=bottom, color=color)
     return bottom + value
@@ -124,6 +126,12 @@ def _draw_totals(ax: Any, totals: ConsortiumTotals, subset: str) -> None:
         if value is not None:
             ax.annotate(str(value), (0, bottom - value / 2), ha="center", va="center", fontsize=8, color="white")
     ax.set_xlim(-0.8, 0.8)
+    subset_total = totals.subsets.get(subset)
+    if subset_total is not None:
+        ax.axhline(subset_total, color="black", linewidth=1, linestyle="--")
+        ax.annotate(f"{subset_total} patients", (0, subset_total), xytext=(0, 3), textcoords="offset points",
+                    ha="center", fontsize=8)
+        ax.set_ylim(0, max(ax.get_ylim()[1], subset_total * 1.1))
     sites = "\n".join(totals.contributors)
     dropped = f"\ndropped: {', '.join(totals.dropped)}" if totals.dropped else ""
     ax.set_xlabel(f"{len(totals.contributors)} sites:\n{sites}{dropped}", fontsize=7)
