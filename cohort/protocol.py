@@ -9,6 +9,7 @@ from typing import Final
 
 # Message actions (Flower message types are "<kind>.<action>").
 QUERY_ACTION: Final = "cohort"
+MOMENTS_ACTION: Final = "moments"  # normalisation moments of the training split, before round 1
 
 # ConfigRecord keys sent by the server.
 CONFIG_RECORD: Final = "config"
@@ -20,6 +21,11 @@ KEY_REQUESTED_MIN_CELL: Final = "requested-min-cell"
 KEY_SUBSET: Final = "subset"
 KEY_TRAINING_JSON: Final = "training-json"  # resolved model + training settings
 KEY_SERVER_ROUND: Final = "server-round"
+KEY_NORM_STATS_JSON: Final = "norm-stats-json"  # consortium-wide means/stds (training, evaluation)
+KEY_PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx in the train config
+
+# Keys of a client's moments reply (ConfigRecord "answer", with site-id, status, reason).
+KEY_MOMENTS_JSON: Final = "moments-json"
 
 # Keys of a client's query reply (ConfigRecord "answer").
 ANSWER_RECORD: Final = "answer"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -17,6 +18,9 @@ from cohort.protocol import (
     ANSWER_RECORD,
     ARRAYS_RECORD,
     CONFIG_RECORD,
+    KEY_MOMENTS_JSON,
+    KEY_NORM_STATS_JSON,
+    KEY_PROXIMAL_MU,
     KEY_REASON,
     KEY_RELEASED_JSON,
     KEY_REQUEST_ID,
@@ -32,6 +36,7 @@ from cohort.protocol import (
     METRIC_SENSITIVITY,
     METRIC_SPECIFICITY,
     METRICS_RECORD,
+    MOMENTS_ACTION,
     NUM_EXAMPLES,
     QUERY_ACTION,
     SECAGG_ACTIONS,
@@ -80,6 +85,22 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
     for action in SECAGG_ACTIONS:
         app.query(action)(secure_stage(action))
 
+    @app.query(MOMENTS_ACTION)
+    def moments(msg: Message, context: Context) -> Message:
+        from fl_client.moments import answer_moments
+
+        site = site_of(context)
+        cfg = msg.content[CONFIG_RECORD]
+        requested = int(cfg[KEY_REQUESTED_MIN_CELL]) if KEY_REQUESTED_MIN_CELL in cfg else None  # type: ignore[arg-type]
+        answer = answer_moments(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
+                                str(cfg[KEY_TRAINING_JSON]), str(cfg.get(KEY_REQUEST_ID, "")), requested)
+        rec = ConfigRecord({KEY_SITE_ID: answer.site_id, KEY_STATUS: answer.status})
+        if answer.moments_json is not None:
+            rec[KEY_MOMENTS_JSON] = answer.moments_json
+        if answer.reason is not None:
+            rec[KEY_REASON] = answer.reason
+        return Message(RecordDict({ANSWER_RECORD: rec}), reply_to=msg)
+
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         from fl_client.local import TrainingSettings, fit
@@ -88,7 +109,8 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         cfg = msg.content[CONFIG_RECORD]
         weights = msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
         new_weights, stats = fit(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
-                                 TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])), weights)
+                                 TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])), weights,
+                                 stats=_norm_stats(cfg), proximal_mu=float(cfg.get(KEY_PROXIMAL_MU, 0.0)))  # type: ignore[arg-type]
         metrics = MetricRecord({NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: float(stats.loss)})
         return Message(RecordDict({ARRAYS_RECORD: ArrayRecord(numpy_ndarrays=new_weights),
                                    METRICS_RECORD: metrics}), reply_to=msg)
@@ -101,7 +123,7 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         cfg = msg.content[CONFIG_RECORD]
         stats = validate(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
                          TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])),
-                         msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays())
+                         msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays(), stats=_norm_stats(cfg))
         values = {NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: stats.loss, METRIC_AUROC: stats.auroc,
                   METRIC_BALANCED_ACCURACY: stats.balanced_accuracy, METRIC_SENSITIVITY: stats.sensitivity,
                   METRIC_SPECIFICITY: stats.specificity}
@@ -111,6 +133,14 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         return Message(RecordDict({METRICS_RECORD: MetricRecord(clean)}), reply_to=msg)  # type: ignore[arg-type]
 
     return app
+
+
+def _norm_stats(cfg: Any):  # type: ignore[no-untyped-def]
+    """The consortium's normalisation statistics the server sent, or None (site statistics)."""
+    from fl_client.normalization import NormStats
+
+    text = cfg.get(KEY_NORM_STATS_JSON)
+    return NormStats.from_json(str(text)) if text else None
 
 
 app = build_client_app()

@@ -52,7 +52,8 @@ class TrainingSettings:
         return TrainConfig(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
                            weight_decay=float(t["weight_decay"]), seed=self.seed,
                            loss=str(t.get("loss", "weighted_bce")),  # type: ignore[arg-type]
-                           focal_gamma=float(t.get("focal_gamma", 2.0)), proximal_mu=float(proximal_mu))
+                           focal_gamma=float(t.get("focal_gamma", 2.0)), proximal_mu=float(proximal_mu),
+                           device=str(t.get("device", "auto")))
 
     def data_config(self) -> DataConfig:
         t = self.training
@@ -60,7 +61,8 @@ class TrainingSettings:
         pre = PreprocessConfig(ct_spacing=float(t["ct_spacing_mm"]), ct_shape=(shape, shape, shape),
                                ecg_rate=int(t["ecg_sampling_rate"]),
                                ecg_scaling=str(t.get("ecg_scaling", "standardize")))  # type: ignore[arg-type]
-        return DataConfig(preprocess=pre, val_fraction=float(t["val_fraction"]), seed=self.seed)
+        return DataConfig(preprocess=pre, val_fraction=float(t["val_fraction"]), seed=self.seed,
+                          persistent=bool(t.get("preprocess_cache", True)))
 
     @property
     def normalization(self) -> str:

@@ -19,6 +19,7 @@ from cohort.disclosure import ReleasedCounts
 from cohort.protocol import (
     ANSWER_RECORD,
     CONFIG_RECORD,
+    KEY_NORM_STATS_JSON,
     KEY_REASON,
     KEY_RELEASED_JSON,
     KEY_REQUEST_ID,
@@ -34,9 +35,10 @@ from cohort.protocol import (
 from cohort.spec.load import parse_spec
 from fl_server.agreement import AgreementRule, SiteAnswer
 from fl_server.config import compose_config
+from fl_server.norm_round import consortium_norm_stats
 from fl_server.report import RunReport, write_reports
 from fl_server.secure_counts import agree_with_totals
-from fl_server.strategy import CohortFedAvg
+from fl_server.strategy import StrategySettings, build_strategy
 
 STATUS_TIMEOUT = "timeout"
 
@@ -104,11 +106,13 @@ def initial_arrays(model_cfg: dict[str, Any], seed: int) -> ArrayRecord:
     import torch
 
     from cohort.export.tabular import TABULAR_FEATURES
-    from fl_client.model import ModelConfig, MultiModalNet
+    from fl_client.model import ModelConfig, MultiModalNet, get_weights
 
     torch.manual_seed(seed)
     model = MultiModalNet(ModelConfig(n_tabular=len(TABULAR_FEATURES), **_model_kwargs(model_cfg)))
-    return ArrayRecord(model.state_dict())
+    # Positional keys, as the ClientApp replies (ArrayRecord(numpy_ndarrays=...)): FedOpt strategies
+    # subtract the sent arrays from the aggregate key by key.
+    return ArrayRecord(numpy_ndarrays=get_weights(model))
 
 
 def _model_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -139,17 +143,44 @@ def run_federation(grid: Grid, settings: RunSettings) -> RunReport:
                                                  f"min_sites={min_sites}: no training"})
         write_reports(report, out)
         return report
-    strategy = CohortFedAvg(participants, min_sites)
+    strategy_settings = StrategySettings.from_config(fed)
     train_cfg = ConfigRecord({KEY_SPEC_JSON: json.dumps(spec_json, sort_keys=True), KEY_SUBSET: rule.subset,
                               KEY_TRAINING_JSON: json.dumps({"model": cfg["model"], "training": cfg["training"],
                                                              "seed": cfg["seed"]})})
+    report.training = {"strategy": strategy_settings.strategy, "normalization": cfg["training"].get("normalization", "site")}
+    if report.training["normalization"] == "consortium":
+        log(INFO, "normalisation: asking %d sites for the moments of their training splits", len(participants))
+        # The first message after agreement: sites export and preprocess here, so it gets the train timeout.
+        norm = consortium_norm_stats(grid, participants, train_cfg, cfg["disclosure"].get("requested_min_cell_size"),
+                                     float(fed["train_timeout_s"]))
+        report.training["normalization_sources"] = norm.to_json()
+        if norm.stats is None:
+            report.training_errors.append({"round": 0, "phase": "normalisation", "site": "*",
+                                           "reason": "no site released normalisation moments (see "
+                                                     "training.normalization_sources): sites use their own statistics"})
+            report.training["normalization"] = "site"
+        else:
+            train_cfg[KEY_NORM_STATS_JSON] = norm.stats.to_json()
+            report.training["norm_stats"] = json.loads(norm.stats.to_json())  # consortium-wide, no site's own
+    strategy = build_strategy(strategy_settings, participants, min_sites)
+
+    def publish_round(server_round: int) -> None:  # the coordinator view follows the run round by round
+        report.rounds = [_round_summary(r) for _, r in sorted(strategy.rounds.items())]
+        report.training.update({"best_round": strategy.best_round, "best_validation_auroc": strategy.best_auroc})
+        write_reports(report, out)
+
+    strategy.on_round = publish_round
     result = strategy.start(grid=grid, initial_arrays=initial_arrays(cfg["model"], int(cfg["seed"])),
                             num_rounds=int(fed["rounds"]), timeout=float(fed["train_timeout_s"]),
                             train_config=train_cfg, evaluate_config=ConfigRecord(dict(train_cfg)))
     report.rounds = [_round_summary(r) for _, r in sorted(strategy.rounds.items())]
     report.training_errors += strategy.errors
+    # The kept model is the round with the best federated validation AUROC (the last one without any).
+    final = strategy.best_arrays if strategy.best_arrays is not None else result.arrays
+    report.training.update({"best_round": strategy.best_round, "best_validation_auroc": strategy.best_auroc,
+                            "stopped_after_round": strategy.stopped_after})
     weights_path = out / "final_model.npz"
-    state = result.arrays.to_numpy_ndarrays() if result.arrays is not None else []
+    state = final.to_numpy_ndarrays() if final is not None else []
     np.savez(weights_path, *state)
     report.final_weights = weights_path.name
     write_reports(report, out)

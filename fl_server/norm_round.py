@@ -39,7 +39,7 @@ from fl_client.normalization import NormStats, SiteMoments, combine, norm_stats
 class NormRound:
     """Outcome of the moments round: the statistics and who contributed what."""
 
-    stats: NormStats
+    stats: NormStats | None  # None: no site released moments
     sites: dict[str, dict[str, Any]] = field(default_factory=dict)  # site -> status, reason
     tabular_sites: list[int] = field(default_factory=list)  # per feature: number of contributing sites
     ecg_sites: int = 0
@@ -51,7 +51,7 @@ class NormRound:
 def combine_site_moments(parts: list[SiteMoments]) -> tuple[NormStats, list[int], int]:
     """Consortium statistics from the sites' released moments, with contributing-site counts."""
     if not parts:
-        raise ConfigError("no site released normalisation moments; use training.normalization=site")
+        raise ConfigError("no site released normalisation moments (see training.normalization_sources)")
     tab = combine([p.tabular for p in parts])
     ecg_parts = [p.ecg for p in parts if p.ecg_patients > 0]
     ecg = combine(ecg_parts) if ecg_parts else None
@@ -83,5 +83,7 @@ def consortium_norm_stats(grid: Grid, node_sites: dict[int, str], train_cfg: Con
                                         "reason": str(rec[KEY_REASON]) if rec.get(KEY_REASON) else None}
         if status == STATUS_ANSWERED:
             parts.append(SiteMoments.from_json(str(rec[KEY_MOMENTS_JSON])))
+    if not parts:
+        return NormRound(None, sites)
     stats, per_feature, ecg_sites = combine_site_moments(parts)
     return NormRound(stats, sites, per_feature, ecg_sites)

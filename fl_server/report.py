@@ -37,6 +37,7 @@ class RunReport:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # per round: per-site + aggregated metrics
     training_errors: list[dict[str, Any]] = field(default_factory=list)
     final_weights: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # strategy, best round, normalisation sources
     totals: ConsortiumTotals | None = None  # secure totals over the agreed sites (None: not run)
 
     def to_json(self) -> dict[str, Any]:
@@ -47,6 +48,7 @@ class RunReport:
         return {"cohort": self.cohort_name, "spec": self.spec, "sites": sites,
                 "agreement": self.agreement.to_json(), "rounds": self.rounds,
                 "training_errors": self.training_errors, "final_weights": self.final_weights,
+                "training": self.training,
                 "consortium_totals": self.totals.to_json() if self.totals else None,
                 "config": self.config}
 

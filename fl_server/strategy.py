@@ -13,7 +13,7 @@ combined with :class:`AgreedSites`, which
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,7 @@ class AgreedSites(FedAvg):
         self.best_auroc: float | None = None
         self.best_arrays: ArrayRecord | None = None
         self.stopped_after: int | None = None
+        self.on_round: Callable[[int], None] | None = None  # called after each round's evaluation
         self._latest: ArrayRecord | None = None
 
     # ------------------------------------------------------------------------------- addressing
@@ -132,6 +133,8 @@ class AgreedSites(FedAvg):
         aggregated = weighted_mean_metrics(site_metrics)
         self.rounds[server_round]["aggregated"] = aggregated
         self._track_best(server_round, aggregated.get(METRIC_AUROC))
+        if self.on_round is not None:
+            self.on_round(server_round)
         return MetricRecord(aggregated)  # type: ignore[arg-type]
 
     def _track_best(self, server_round: int, auroc: float | None) -> None:

@@ -1,23 +1,27 @@
-"""Is federation worth it? Local-only vs FedAvg vs pooled training vs the generative model's ceiling.
+"""Is federation worth it? Local-only vs FedAvg vs the best other strategy vs pooled vs the ceiling.
 
-Synthesizes a consortium of unequal sites, ingests each into its own store, exports the agreed cohort
-(``configs/cohort/pacemaker_tavi.yaml``, subset ``labelled``) per site and splits every site's patients
-into a held-out *test* split (fixed by TEST_SEED, stratified by label) and the rest, which the project's
-own train/validation split (``fl_client.data.split_train_val`` with the run seed) divides as in every
-federated run. Then, with the same model and training settings (``configs/``) and the same epoch budget
-(rounds x local epochs):
+For each data seed of a preset, synthesizes a consortium of unequal sites, ingests each site into its
+own store, exports the agreed cohort (``configs/cohort/pacemaker_tavi.yaml``, subset ``labelled``) per
+site and splits every site's patients into a held-out *test* split (TEST_SEED, stratified by label) and
+the rest, which the project's own train/validation split (``fl_client.data.split_train_val``, run seed)
+divides as in every federated run. Then, per training seed, with the same model, settings, initial
+weights and epoch budget (rounds x local epochs), and each keeping the round with the best
+*validation* AUROC (never the test split):
 
-(a) local-only: one model per site, trained on that site's training split;
-(b) FedAvg: the real federation code path, ``flwr.simulation.run_simulation`` with the project's
-    ServerApp and ClientApp (negotiation, agreement, ``CohortFedAvg``); the test patients are removed
-    from each site's export before the run, so clients never see them;
-(c) pooled: one model trained on the union of all sites' training splits;
-(d) ceiling: the generative model's own true probabilities (``truth.csv``) as scores.
+(a) local-only: one model per site on its own training split, its own normalisation statistics;
+(b) FedAvg and (c) the best other strategy: the real federation code path, ``flwr.simulation.run_simulation``
+    with the project's ServerApp (negotiation, agreement, moments round, Flower strategy over the
+    agreed sites) and ClientApp; test patients are removed from each site's export before the runs.
+    The other strategy is chosen among CANDIDATES by federated validation AUROC (first data seed,
+    first training seed);
+(d) pooled: one model on the union of all training splits (not possible in reality);
+(e) ceiling: the generative model's own true probabilities (``truth.csv``).
 
-Each is evaluated (AUROC) on every site's test split and on all test patients together. Writes
-``docs/results.md`` and ``docs/img/results.png``.
+Writes ``docs/results/<preset>.json`` (every test prediction) and renders ``docs/results.md`` with
+the figures in ``docs/img/`` from every preset's JSON present (``scripts/results_report.py``).
 
-    python scripts/results.py --patients 60,120,250,500 --seeds 0,1,2 --rounds 3
+    python scripts/results.py --preset small
+    python scripts/results.py --preset large
 """
 
 from __future__ import annotations
@@ -37,18 +41,42 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TEST_SEED = 20240601  # fixes the held-out test split, independent of the training seeds
 TEST_FRACTION = 0.25
 SUBSET = "labelled"
+CT_MAX_MM = 1.5  # the mission spec asks for <= 1.0 mm; the synthetic site uni-ost exports 1.5 mm CT only
+CANDIDATES = {
+    "fedprox": "federation.strategy=fedprox federation.proximal_mu=0.01",
+    "fedadam": "federation.strategy=fedadam federation.server_lr=0.01",
+    "fedyogi": "federation.strategy=fedyogi federation.server_lr=0.01",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    patients: tuple[int, ...]
+    seeds: tuple[int, ...]
+    data_seeds: tuple[int, ...]
+    rounds: int
+    epochs: int
+
+
+PRESETS = {
+    "smoke": Preset(patients=(40, 60), seeds=(0,), data_seeds=(0,), rounds=2, epochs=1),  # checks the script
+    "small": Preset(patients=(60, 120, 250, 500), seeds=(0, 1, 2), data_seeds=(0,), rounds=3, epochs=2),
+    "large": Preset(patients=(100, 150, 300, 500, 650, 1000), seeds=(0, 1, 2, 3, 4), data_seeds=(0, 1),
+                    rounds=5, epochs=2),
+}
 
 
 @dataclass
 class SiteData:
     site_id: str
     site: Any  # SiteConfig
+    dl: Any  # Datalist of the export without the test patients (what the site's ClientApp reads)
     full: Any  # Datalist with every exported patient
-    rest: Any  # Datalist without the test patients (what the site trains and validates on)
     test: list[Any]  # DatalistEntry
     truth: dict[str, tuple[int, float]]  # pseudonym -> (label, true probability)
 
@@ -85,7 +113,7 @@ def build_consortium(work: Path, patients: list[int], data_seed: int) -> Path:
     return sites_dir
 
 
-def _truth(folder: Path, site: Any, data_seed: int) -> dict[str, tuple[int, float]]:
+def _truth(folder: Path, site: Any) -> dict[str, tuple[int, float]]:
     """truth.csv keyed by the store's pseudonymous PatientID (HMAC of the PACS id with the site key)."""
     from cohort.dicom.patient import pseudonym
 
@@ -108,7 +136,7 @@ def _write_datalist(dl: Any, entries: list[Any], folder: Path) -> None:
     (folder / "datalist.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
-def prepare_sites(sites_dir: Path, spec_json: dict[str, Any], data_seed: int) -> list[SiteData]:
+def prepare_sites(sites_dir: Path, spec_json: dict[str, Any]) -> list[SiteData]:
     """Export the cohort per site, split off the test patients, and hide them from the federation."""
     from cohort.siteconfig import load_site_config
     from fl_client.data import load_datalist, split_train_val
@@ -125,11 +153,11 @@ def prepare_sites(sites_dir: Path, spec_json: dict[str, Any], data_seed: int) ->
         full = load_datalist(full_dir)
         rest, test = split_train_val(full.entries, TEST_FRACTION, TEST_SEED)
         _write_datalist(full, rest, export)  # the federation's clients read this one
-        truth = _truth(cfg_path.parent, site, data_seed)
+        truth = _truth(cfg_path.parent, site)
         for e in full.entries:
             if e.patient not in truth or truth[e.patient][0] != e.label:
                 raise SystemExit(f"{site.site_id}: patient {e.patient} label differs from truth.csv")
-        out.append(SiteData(site.site_id, site, full, replace(full, entries=tuple(rest)), test, truth))
+        out.append(SiteData(site.site_id, site, load_datalist(export), full, test, truth))
         log(f"{site.site_id}: {len(full.entries)} labelled patients "
             f"({sum(e.label for e in full.entries)} positive), test {len(test)}")
     return out
@@ -144,333 +172,241 @@ def _settings(cfg: dict[str, Any], seed: int) -> Any:
     return TrainingSettings(model=cfg["model"], training=cfg["training"], seed=seed)
 
 
-def _train_entries(sd: SiteData, settings: Any) -> list[Any]:
+def _split(sd: SiteData, settings: Any) -> tuple[list[Any], list[Any]]:
     from fl_client.data import split_train_val
 
-    train, _ = split_train_val(sd.rest.entries, settings.data_config().val_fraction, settings.seed)
-    return train
+    return split_train_val(sd.dl.entries, settings.data_config().val_fraction, settings.seed)
 
 
-def train_on(entries: list[Any], datalist: Any, settings: Any, epochs: int, init: list[np.ndarray]) -> list[np.ndarray]:
-    """Train the shared model on ``entries`` exactly as ``fl_client.local.fit`` does, for ``epochs``."""
-    from fl_client.data import build_datasets, make_loader, positive_weight
+def _pre(sd: SiteData, entries: list[Any], settings: Any) -> Any:
+    """Preprocessed samples from the site's cache (shared with its ClientApp: same export, same key)."""
+    from fl_client.data import preprocessed_dataset
+
+    return preprocessed_dataset(replace(sd.dl, entries=tuple(entries)), entries, settings.data_config())
+
+
+def _moments(sd: SiteData, entries: list[Any], settings: Any) -> Any:
+    from fl_client.normalization import site_moments
+
+    pre = _pre(sd, entries, settings)
+    return site_moments([e.tabular for e in entries], [f.unit for f in sd.dl.tabular_features],
+                        (pre[i] for i in range(len(pre))))
+
+
+def _stats(parts: list[Any]) -> Any:
+    from fl_client.normalization import combine, norm_stats
+
+    return norm_stats(combine([m.tabular for m in parts]), combine([m.ecg for m in parts if m.ecg_patients]))
+
+
+def _dataset(pieces: list[tuple[SiteData, list[Any]]], settings: Any, stats: Any) -> Any:
+    from monai.data import Dataset
+    from torch.utils.data import ConcatDataset
+
+    from fl_client.transforms import normalize_transforms
+
+    tail = normalize_transforms(settings.data_config().preprocess, stats.tabular, stats.ecg)
+    return Dataset(ConcatDataset([_pre(sd, entries, settings) for sd, entries in pieces]), tail)  # type: ignore[arg-type]
+
+
+def train_best(train_pieces: list[tuple[SiteData, list[Any]]], val_pieces: list[tuple[SiteData, list[Any]]],
+               settings: Any, stats: Any, rounds: int, init: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
+    """Train ``rounds`` x local epochs from ``init``; keep the round with the best validation AUROC."""
+    from fl_client.data import make_loader, positive_weight
     from fl_client.model import MultiModalNet, get_weights, set_weights
-    from fl_client.train import train
+    from fl_client.train import evaluate, train
 
-    dl = replace(datalist, entries=tuple(entries))
-    data_cfg = replace(settings.data_config(), val_fraction=0.0)  # entries are the training split already
-    train_ds, _ = build_datasets(dl, data_cfg)
-    cfg = replace(settings.train_config(), epochs=epochs)
+    entries = [e for _, es in train_pieces for e in es]
+    train_ds, val_ds = _dataset(train_pieces, settings, stats), _dataset(val_pieces, settings, stats)
+    cfg = settings.train_config()
     model = MultiModalNet(settings.model_config())
     set_weights(model, init)
-    train(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg,
-          pos_weight=positive_weight(entries))
-    return get_weights(model)
+    best: tuple[float, int, list[np.ndarray]] | None = None
+    for r in range(1, rounds + 1):
+        # One loader seed per round, as a federated round re-seeds its local training.
+        train(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed + r),
+              replace(cfg, seed=cfg.seed + r), pos_weight=positive_weight(entries))
+        auroc = evaluate(model, make_loader(val_ds, 64)).auroc
+        score = -1.0 if auroc is None else auroc
+        if best is None or score > best[0]:
+            best = (score, r, get_weights(model))
+    assert best is not None
+    return best[2], best[1]
 
 
-def predict_on(weights: list[np.ndarray], test: list[Any], stats_entries: list[Any], datalist: Any,
-               settings: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities on ``test``; tabular statistics from ``stats_entries`` (the model's training split)."""
+def predict(weights: list[np.ndarray], sd: SiteData, settings: Any, stats: Any) -> tuple[list[int], list[float]]:
     import torch
-    from monai.data import Dataset
 
     from fl_client.data import make_loader
     from fl_client.model import MultiModalNet, set_weights
-    from fl_client.train import predict
-    from fl_client.transforms import TabularStats, site_transforms
+    from fl_client.train import predict as model_predict
 
-    stats = TabularStats.fit([e.tabular for e in stats_entries], datalist.n_tabular)
-    transform = site_transforms(settings.data_config().preprocess, stats, datalist.ecg_sampling_rate)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
     with torch.no_grad():
-        return predict(model, make_loader(Dataset([e.to_sample() for e in test], transform), 32))
+        probs, labels = model_predict(model, make_loader(_dataset([(sd, sd.test)], settings, stats), 64))
+    return [int(x) for x in labels], [float(x) for x in probs]
 
 
-def run_fedavg(sites_dir: Path, work: Path, overrides: str, n_sites: int) -> tuple[list[np.ndarray], dict[str, Any]]:
-    """The project's ServerApp + ClientApp on Flower's simulation engine; returns final weights, report."""
+def run_federations(sites_dir: Path, work: Path, runs: dict[str, str], n_sites: int) -> dict[str, Any]:
+    """Several federations, one after the other, on one simulation engine; name -> (report, weights)."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
     from fl_client.client_app import build_client_app
     from fl_server.demo import quiet_flower_env
-    from fl_server.federation import RunSettings
-    from fl_server.server_app import build_server_app
+    from fl_server.federation import RunSettings, run_federation
 
     quiet_flower_env()
     os.environ["FLWR_HOME"] = str(work / "flwr-home")
-    out = work / "fedavg-run"
-    if out.exists():
-        shutil.rmtree(out)
-    settings = RunSettings(overrides=overrides, out_dir=str(out), expected_sites=n_sites, wait_s=120)
-    run_simulation(server_app=build_server_app(settings),
-                   client_app=build_client_app(sites_dir / "consortium.json"), num_supernodes=n_sites,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    report = json.loads((out / "report.json").read_text())
-    with np.load(out / "final_model.npz") as npz:
-        weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-    return weights, report
+    settings = {}
+    for name, overrides in runs.items():
+        out = work / "runs" / name
+        if out.exists():
+            shutil.rmtree(out)
+        settings[name] = RunSettings(overrides=overrides, out_dir=str(out), expected_sites=n_sites, wait_s=120)
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        for name, s in settings.items():
+            log(f"federation {name}")
+            run_federation(grid, s)
+
+    run_simulation(server_app=app, client_app=build_client_app(sites_dir / "consortium.json"),
+                   num_supernodes=n_sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    out = {}
+    for name, s in settings.items():
+        report = json.loads((Path(s.out_dir) / "report.json").read_text())
+        with np.load(Path(s.out_dir) / "final_model.npz") as npz:
+            out[name] = (report, [npz[f"arr_{i}"] for i in range(len(npz.files))])
+    return out
 
 
-# ------------------------------------------------------------------------------------ evaluation
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    from fl_client.train import roc_auc
-
-    return roc_auc(np.asarray(labels), np.asarray(scores))
-
-
-def one_seed(sites: list[SiteData], sites_dir: Path, work: Path, seed: int, args: argparse.Namespace,
-             base_overrides: str) -> dict[str, dict[str, float | None]]:
-    """AUROC per approach and test site (plus 'all') for one training seed."""
-    from fl_server.config import compose_config
-    from fl_server.federation import initial_arrays
-
-    overrides = f"{base_overrides} seed={seed}"
-    cfg = compose_config(None, overrides)
-    settings = _settings(cfg, seed)
-    init = initial_arrays(cfg["model"], seed).to_numpy_ndarrays()
-    budget = args.rounds * int(cfg["training"]["epochs"])
-    train_sets = {s.site_id: _train_entries(s, settings) for s in sites}
-    preds: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {k: {} for k in ("local", "fedavg", "pooled")}
-
-    t0 = time.time()
-    for s in sites:
-        if not train_sets[s.site_id] or not s.test:
-            raise SystemExit(f"{s.site_id} has no training or test patients in subset {SUBSET!r}; "
-                             "use more patients per site")
-        w = train_on(train_sets[s.site_id], s.rest, settings, budget, init)
-        preds["local"][s.site_id] = predict_on(w, s.test, train_sets[s.site_id], s.rest, settings)
-    log(f"seed {seed}: local-only done ({time.time() - t0:.0f} s)")
-
-    t0 = time.time()
-    pooled_train = [e for s in sites for e in train_sets[s.site_id]]
-    w = train_on(pooled_train, sites[0].rest, settings, budget, init)
-    for s in sites:
-        preds["pooled"][s.site_id] = predict_on(w, s.test, pooled_train, s.rest, settings)
-    log(f"seed {seed}: pooled done ({time.time() - t0:.0f} s)")
-
-    t0 = time.time()
-    w, report = run_fedavg(sites_dir, work, overrides, len(sites))
+def _check_federation(name: str, report: dict[str, Any], train_sets: dict[str, list[Any]]) -> None:
     participating = set(report["agreement"]["participating_sites"])
-    if participating != {s.site_id for s in sites}:
-        log(f"WARNING: FedAvg trained on {sorted(participating)} only: {report['agreement']['sites']}")
+    if participating != set(train_sets):
+        log(f"WARNING: {name} trained on {sorted(participating)} only: {report['agreement']['sites']}")
     for r in report["rounds"]:
         for site_id, m in r["train"].items():
             if m["num-examples"] != len(train_sets[site_id]):
-                raise SystemExit(f"{site_id}: the federation trained on {m['num-examples']} samples, "
+                raise SystemExit(f"{name}/{site_id}: the federation trained on {m['num-examples']} samples, "
                                  f"expected {len(train_sets[site_id])}: the test split leaked or was lost")
-    for s in sites:
-        preds["fedavg"][s.site_id] = predict_on(w, s.test, train_sets[s.site_id], s.rest, settings)
-    log(f"seed {seed}: FedAvg done ({time.time() - t0:.0f} s)")
 
-    out: dict[str, dict[str, float | None]] = {}
-    for approach, per_site in preds.items():
-        out[approach] = {sid: auroc(lab, p) for sid, (p, lab) in per_site.items()}
-        out[approach]["all"] = auroc(np.concatenate([lab for p, lab in per_site.values()]),
-                                     np.concatenate([p for p, lab in per_site.values()]))
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def base_overrides(preset: Preset) -> str:
+    return (f"federation.rounds={preset.rounds} training.epochs={preset.epochs} agreement.min_cases=1 "
+            f"agreement.subset={SUBSET} federation.min_sites=1 "
+            f"'cohort.objects.ct.where=[{{field:slice_thickness,op:\"<=\",value:{CT_MAX_MM},unit:mm}}]'")
+
+
+def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, Any]) -> dict[str, Any]:
+    """Test predictions of every approach for every training seed on one synthetic consortium."""
+    from cohort.spec.load import parse_spec
+    from fl_server.config import compose_config
+    from fl_server.federation import initial_arrays
+
+    base = base_overrides(preset)
+    cfg = compose_config(None, base)
+    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    sites_dir = build_consortium(work, list(preset.patients), data_seed)
+    sites = prepare_sites(sites_dir, spec_json)
+    n = len(sites)
+    if not other:  # choose the other strategy on validation: first data seed, first training seed
+        seed = preset.seeds[0]
+        t0 = time.time()
+        fed = run_federations(sites_dir, work, {k: f"{base} seed={seed} {v}" for k, v in CANDIDATES.items()}, n)
+        val = {k: fed[k][0]["training"]["best_validation_auroc"] for k in CANDIDATES}
+        choice = max(val, key=lambda k: -1.0 if val[k] is None else val[k])
+        other.update(name=choice, overrides=CANDIDATES[choice], validation_auroc=val, data_seed=data_seed, seed=seed)
+        log(f"strategy selection on validation AUROC: {val} -> {choice} ({time.time() - t0:.0f} s)")
+
+    out: dict[str, Any] = {"sites": {}, "truth": {}, "runs": {}}
+    for s in sites:
+        train, val_entries = _split(s, _settings(cfg, preset.seeds[0]))
+        out["sites"][s.site_id] = {"labelled": len(s.full.entries), "positive": sum(e.label for e in s.full.entries),
+                                   "train": len(train), "val": len(val_entries), "test": len(s.test),
+                                   "test_pos": sum(e.label for e in s.test)}
+        out["truth"][s.site_id] = ([s.truth[e.patient][0] for e in s.test], [s.truth[e.patient][1] for e in s.test])
+    t0 = time.time()
+    runs = {}
+    for seed in preset.seeds:
+        runs[f"fedavg-s{seed}"] = f"{base} seed={seed} federation.strategy=fedavg"
+        runs[f"other-s{seed}"] = f"{base} seed={seed} {other['overrides']}"
+    fed = run_federations(sites_dir, work, runs, n)
+    log(f"data seed {data_seed}: {len(runs)} federations done ({time.time() - t0:.0f} s)")
+    for seed in preset.seeds:
+        t0 = time.time()
+        scfg = compose_config(None, f"{base} seed={seed}")
+        settings = _settings(scfg, seed)
+        init = initial_arrays(scfg["model"], seed).to_numpy_ndarrays()
+        splits = {s.site_id: _split(s, settings) for s in sites}
+        site_moments = {s.site_id: _moments(s, splits[s.site_id][0], settings) for s in sites}
+        pooled_stats = _stats(list(site_moments.values()))
+        preds: dict[str, dict[str, Any]] = {k: {} for k in ("local", "fedavg", "other", "pooled")}
+        best_rounds: dict[str, Any] = {"local": {}}
+        for s in sites:
+            st = _stats([site_moments[s.site_id]])
+            w, best_rounds["local"][s.site_id] = train_best([(s, splits[s.site_id][0])], [(s, splits[s.site_id][1])],
+                                                            settings, st, preset.rounds, init)
+            preds["local"][s.site_id] = predict(w, s, settings, st)
+        w, best_rounds["pooled"] = train_best([(s, splits[s.site_id][0]) for s in sites],
+                                              [(s, splits[s.site_id][1]) for s in sites], settings, pooled_stats,
+                                              preset.rounds, init)
+        for s in sites:
+            preds["pooled"][s.site_id] = predict(w, s, settings, pooled_stats)
+        for key in ("fedavg", "other"):
+            report, weights = fed[f"{key}-s{seed}"]
+            _check_federation(key, report, {sid: sp[0] for sid, sp in splits.items()})
+            from fl_client.normalization import NormStats
+
+            stats = NormStats.from_json(json.dumps(report["training"]["norm_stats"]))
+            best_rounds[key] = report["training"]["best_round"]
+            for s in sites:
+                preds[key][s.site_id] = predict(weights, s, settings, stats)
+        out["runs"][str(seed)] = {"predictions": preds, "best_rounds": best_rounds}
+        log(f"data seed {data_seed}, seed {seed}: local + pooled + predictions ({time.time() - t0:.0f} s)")
     return out
-
-
-def ceiling(sites: list[SiteData]) -> dict[str, float | None]:
-    out: dict[str, float | None] = {}
-    labels_all, probs_all = [], []
-    for s in sites:
-        lab = np.array([s.truth[e.patient][0] for e in s.test])
-        prob = np.array([s.truth[e.patient][1] for e in s.test])
-        out[s.site_id] = auroc(lab, prob)
-        labels_all.append(lab)
-        probs_all.append(prob)
-    out["all"] = auroc(np.concatenate(labels_all), np.concatenate(probs_all))
-    return out
-
-
-# ---------------------------------------------------------------------------------------- output
-
-
-def _fmt(values: list[float | None]) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.3f}"
-    return f"{np.mean(vals):.3f} ± {np.std(vals, ddof=1):.3f}"
-
-
-def plot(results: list[dict[str, Any]], ceil: dict[str, float | None], columns: list[str],
-         site_info: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    approaches = [("local", "local-only", "#bab0ac"), ("fedavg", "FedAvg", "#4c78a8"),
-                  ("pooled", "pooled", "#f58518")]
-    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 4.5, 4.2))
-    width = 0.2
-    x = np.arange(len(columns))
-    for k, (key, label, color) in enumerate(approaches):
-        means, errs = [], []
-        for col in columns:
-            vals = [r[key][col] for r in results if r[key][col] is not None]
-            means.append(np.mean(vals) if vals else np.nan)
-            errs.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
-        ax.bar(x + (k - 1.5) * width, means, width, yerr=errs, label=label, color=color, capsize=3)
-    ax.bar(x + 1.5 * width, [ceil[c] if ceil[c] is not None else np.nan for c in columns], width,
-           label="ceiling (true probability)", color="#54a24b")
-    ax.axhline(0.5, color="black", linewidth=0.8, linestyle=":")
-    def tick(col: str) -> str:
-        infos = list(site_info.values()) if col == "all" else [site_info[col]]
-        return f"{col}\n{sum(i['test'] for i in infos)} test, {sum(i['test_pos'] for i in infos)} pos"
-
-    ax.set_xticks(x, [tick(c) for c in columns], fontsize=8)
-    ax.set_ylim(0.0, 1.05)
-    ax.set_ylabel("test AUROC")
-    ax.set_title("Held-out test AUROC per site (mean ± sd over training seeds)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_markdown(path: Path, img: Path, command: str, sites: list[SiteData], site_info: dict[str, Any],
-                   results: list[dict[str, Any]], ceil: dict[str, float | None], cfg: dict[str, Any],
-                   args: argparse.Namespace, seconds: float) -> None:
-    columns = [s.site_id for s in sites] + ["all"]
-    lines = [
-        "# Results: is federation worth it?",
-        "",
-        "Generated by `scripts/results.py`; do not edit by hand. Command:",
-        "",
-        f"    {command}",
-        "",
-        f"Synthetic consortium (data seed {args.data_seed}) of {len(sites)} sites with "
-        f"{', '.join(str(p) for p in args.patients)} patients. Cohort `pacemaker_tavi`, subset "
-        f"`{SUBSET}` (CT + ECG + known label), with CT slice thickness <= {args.ct_max_mm} mm (the mission "
-        f"spec asks for <= 1.0 mm; the synthetic site uni-ost exports 1.5 mm CT only). Per site, a held-out test split ({TEST_FRACTION:.0%} per label, "
-        f"seed {TEST_SEED}) is kept apart; the rest is split into training and validation exactly as in a "
-        f"federated run (`val_fraction` {cfg['training']['val_fraction']}, run seed). Every approach trains "
-        f"the same model (`configs/model`) with the same settings (`configs/training`: batch "
-        f"{cfg['training']['batch_size']}, lr {cfg['training']['lr']}) on the same training patients for the "
-        f"same number of epochs ({args.rounds} rounds x {cfg['training']['epochs']} local epochs = "
-        f"{args.rounds * int(cfg['training']['epochs'])} epochs), from the same initial weights.",
-        "",
-        "- **local-only**: one model per site on its own training split, evaluated on its own test split "
-        "(column *all*: the local models' predictions on their own sites' tests, pooled).",
-        "- **FedAvg**: the real federation code path: `flwr.simulation.run_simulation` with the project's "
-        "ServerApp (negotiation, agreement, `CohortFedAvg` weighted by `num-examples`) and ClientApp "
-        "(`fl_client.local.fit`/`validate`). The test patients were removed from each site's export before "
-        "the run; the script checks every round's `num-examples` against the training split size.",
-        "- **pooled**: one model on the union of all training splits (centralized training, not possible "
-        "in reality).",
-        "- **ceiling**: the generative model's own true probability (`truth.csv`) as the score, mapped to "
-        "the store's pseudonyms with `cohort.dicom.patient.pseudonym`.",
-        "",
-        "## Sites",
-        "",
-        "| site | patients | labelled (exported) | positive | prevalence | train | val | test (pos) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in sites:
-        i = site_info[s.site_id]
-        lines.append(f"| {s.site_id} | {i['patients']} | {i['labelled']} | {i['positive']} | "
-                     f"{i['positive'] / max(i['labelled'], 1):.0%} | {i['train']} | {i['val']} | "
-                     f"{i['test']} ({i['test_pos']}) |")
-    lines += ["", f"## Test AUROC (mean ± sd over training seeds {', '.join(map(str, args.seeds))})", "",
-              "| approach | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for key, label in (("local", "local-only"), ("fedavg", "FedAvg"), ("pooled", "pooled")):
-        lines.append(f"| {label} | " + " | ".join(_fmt([r[key][c] for r in results]) for c in columns) + " |")
-    lines.append("| ceiling (true probability) | " + " | ".join(_fmt([ceil[c]]) for c in columns) + " |")
-    lines += ["", f"![test AUROC per site]({os.path.relpath(img, path.parent)})", "",
-              "Per seed:", "", "| seed | approach | " + " | ".join(columns) + " |",
-              "|---" * (len(columns) + 2) + "|"]
-    for seed, r in zip(args.seeds, results, strict=True):
-        for key in ("local", "fedavg", "pooled"):
-            lines.append(f"| {seed} | {key} | " + " | ".join(_fmt([r[key][c]]) for c in columns) + " |")
-    n_test = sum(i["test"] for i in site_info.values())
-    n_test_pos = sum(i["test_pos"] for i in site_info.values())
-
-    def mean_all(key: str) -> float:
-        vals = [r[key]["all"] for r in results if r[key]["all"] is not None]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    lines += [
-        "",
-        "## Reading it",
-        "",
-        f"On all {n_test} test patients ({n_test_pos} positive): local-only {mean_all('local'):.3f}, "
-        f"FedAvg {mean_all('fedavg'):.3f}, pooled {mean_all('pooled'):.3f}, against a ceiling of "
-        f"{ceil['all'] if ceil['all'] is not None else float('nan'):.3f} (mean AUROC over seeds).",
-        "",
-        "Test splits are small (a quarter of each site's labelled patients, few positives), so per-site "
-        "AUROCs are noisy; the *all* column pools every site's test patients and is the steadier number. "
-        "'n/a' means a test split with one class only. The spread is over training seeds (initial "
-        "weights, train/validation split, shuffling) on one synthetic consortium; it does not include "
-        "the variation of the data itself.",
-        "",
-        f"Wall time of the whole script: {seconds / 60:.1f} min on this machine (2 CPU cores, no GPU).",
-        "",
-    ]
-    path.write_text("\n".join(lines), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--patients", default="60,120,250,500", help="patients per site (comma list)")
-    p.add_argument("--seeds", default="0,1,2", help="training seeds (comma list)")
-    p.add_argument("--data-seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=3, help="FedAvg rounds; local/pooled get rounds x epochs")
-    p.add_argument("--epochs", type=int, default=None, help="local epochs per round (default: configs)")
-    p.add_argument("--ct-max-mm", type=float, default=1.5,
-                   help="CT slice thickness accepted by the cohort (the mission spec says 1.0)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--work", type=Path, default=ROOT / "out" / "results", help="work folder (reused)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="per-preset JSON folder")
     p.add_argument("--md", type=Path, default=ROOT / "docs" / "results.md")
-    p.add_argument("--img", type=Path, default=ROOT / "docs" / "img" / "results.png")
+    p.add_argument("--render-only", action="store_true", help="only re-render docs/results.md from the JSON")
     args = p.parse_args(argv)
-    args.patients = [int(x) for x in args.patients.split(",")]
-    args.seeds = [int(x) for x in args.seeds.split(",")]
-    command = "python scripts/results.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
-    import torch
+    from results_report import render
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    from cohort.spec.load import parse_spec
-    from fl_server.config import compose_config
+    if not args.render_only:
+        import torch
 
-    t_start = time.time()
-    args.work.mkdir(parents=True, exist_ok=True)
-    base = (f"federation.rounds={args.rounds} agreement.min_cases=1 agreement.subset={SUBSET} "
-            f"federation.min_sites=1")
-    if args.ct_max_mm is not None:
-        # The mission cohort asks for thin-slice CT (<= 1.0 mm); one synthetic site (uni-ost) exports
-        # 1.5 mm CT only and would contribute no patient at all.
-        base += (f" 'cohort.objects.ct.where=[{{field:slice_thickness,op:\"<=\",value:{args.ct_max_mm},"
-                 f"unit:mm}}]'")
-    if args.epochs:
-        base += f" training.epochs={args.epochs}"
-    cfg = compose_config(None, base)
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
-    sites_dir = build_consortium(args.work, args.patients, args.data_seed)
-    sites = prepare_sites(sites_dir, spec_json, args.data_seed)
-    ceil = ceiling(sites)
-    results = [one_seed(sites, sites_dir, args.work, seed, args, base) for seed in args.seeds]
-
-    site_info = {}
-    consortium = json.loads((sites_dir / "consortium.json").read_text())
-    for s, c in zip(sites, consortium["sites"], strict=True):
-        train = _train_entries(s, _settings(cfg, args.seeds[0]))
-        site_info[s.site_id] = {"patients": c["patients"], "labelled": len(s.full.entries),
-                                "positive": sum(e.label for e in s.full.entries), "train": len(train),
-                                "val": len(s.rest.entries) - len(train), "test": len(s.test),
-                                "test_pos": sum(e.label for e in s.test)}
-    columns = [s.site_id for s in sites] + ["all"]
-    plot(results, ceil, columns, site_info, args.img)
-    seconds = time.time() - t_start
-    write_markdown(args.md, args.img, command, sites, site_info, results, ceil, cfg, args, seconds)
-    (args.work / "results.json").write_text(json.dumps({"results": results, "ceiling": ceil,
-                                                        "sites": site_info, "seeds": args.seeds}, indent=2))
-    log(f"wrote {args.md} and {args.img} in {seconds / 60:.1f} min")
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        preset = PRESETS[args.preset]
+        t_start = time.time()
+        other: dict[str, Any] = {}
+        data = {}
+        for ds in preset.data_seeds:
+            data[str(ds)] = one_data_seed(preset, ds, args.work / args.preset / f"data-{ds}", other)
+        doc = {"preset": args.preset, "config": preset.__dict__, "test_seed": TEST_SEED,
+               "test_fraction": TEST_FRACTION, "ct_max_mm": CT_MAX_MM, "candidates": CANDIDATES,
+               "other_strategy": other, "data": data, "minutes": (time.time() - t_start) / 60,
+               "command": f"python scripts/results.py --preset {args.preset}"}
+        out_dir = args.out if args.preset != "smoke" else args.work / "smoke-json"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / f"{args.preset}.json").write_text(json.dumps(doc), encoding="utf-8")
+        if args.preset == "smoke":
+            render(out_dir, args.work / "smoke.md", args.work / "smoke-img")
+            return
+        log(f"{args.preset}: {doc['minutes']:.1f} min")
+    render(args.out, args.md, ROOT / "docs" / "img")
+    log(f"wrote {args.md}")
 
 
 if __name__ == "__main__":
