@@ -63,12 +63,7 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         if KEY_REQUESTED_MIN_CELL in cfg:
             request["requested_min_cell"] = int(cfg[KEY_REQUESTED_MIN_CELL])  # type: ignore[arg-type]
         answer = answer_query(site, request, account=account_of(context.node_config), run_id=str(context.run_id))
-        rec = ConfigRecord({KEY_SITE_ID: answer.site_id, KEY_STATUS: answer.status})
-        if answer.released_json is not None:
-            rec[KEY_RELEASED_JSON] = answer.released_json
-        if answer.reason is not None:
-            rec[KEY_REASON] = answer.reason
-        return Message(RecordDict({ANSWER_RECORD: rec}), reply_to=msg)
+        return _answer(msg, answer.site_id, answer.status, answer.reason, KEY_RELEASED_JSON, answer.released_json)
 
     def secure_stage(action: str):  # type: ignore[no-untyped-def]
         """A handler for one stage of the secure sum of counts (state kept in the node's context)."""
@@ -94,12 +89,7 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         requested = int(cfg[KEY_REQUESTED_MIN_CELL]) if KEY_REQUESTED_MIN_CELL in cfg else None  # type: ignore[arg-type]
         answer = answer_moments(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
                                 str(cfg[KEY_TRAINING_JSON]), str(cfg.get(KEY_REQUEST_ID, "")), requested)
-        rec = ConfigRecord({KEY_SITE_ID: answer.site_id, KEY_STATUS: answer.status})
-        if answer.moments_json is not None:
-            rec[KEY_MOMENTS_JSON] = answer.moments_json
-        if answer.reason is not None:
-            rec[KEY_REASON] = answer.reason
-        return Message(RecordDict({ANSWER_RECORD: rec}), reply_to=msg)
+        return _answer(msg, answer.site_id, answer.status, answer.reason, KEY_MOMENTS_JSON, answer.moments_json)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
@@ -133,6 +123,17 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         return Message(RecordDict({METRICS_RECORD: MetricRecord(clean)}), reply_to=msg)  # type: ignore[arg-type]
 
     return app
+
+
+def _answer(msg: Message, site_id: str, status: str, reason: str | None, payload_key: str,
+            payload: str | None) -> Message:
+    """A query reply: ConfigRecord ``answer`` with site id, status, the payload when answered, the reason."""
+    rec = ConfigRecord({KEY_SITE_ID: site_id, KEY_STATUS: status})
+    if payload is not None:
+        rec[payload_key] = payload
+    if reason is not None:
+        rec[KEY_REASON] = reason
+    return Message(RecordDict({ANSWER_RECORD: rec}), reply_to=msg)
 
 
 def _norm_stats(cfg: Any):  # type: ignore[no-untyped-def]

@@ -310,6 +310,7 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
     from fl_server.config import compose_config
     from fl_server.federation import initial_arrays
 
+    t_start = time.time()
     base = base_overrides(preset)
     cfg = compose_config(None, base)
     spec_json = parse_spec(cfg["cohort"]).to_dict()
@@ -370,6 +371,7 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
                 preds[key][s.site_id] = predict(weights, s, settings, stats)
         out["runs"][str(seed)] = {"predictions": preds, "best_rounds": best_rounds}
         log(f"data seed {data_seed}, seed {seed}: local + pooled + predictions ({time.time() - t0:.0f} s)")
+    out["minutes"] = (time.time() - t_start) / 60  # synth + ingest (when not reused) + every approach
     return out
 
 
@@ -380,6 +382,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="per-preset JSON folder")
     p.add_argument("--md", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--render-only", action="store_true", help="only re-render docs/results.md from the JSON")
+    p.add_argument("--other", choices=sorted(CANDIDATES), default=None,
+                   help="skip the validation selection and use this strategy (one chosen on validation before)")
+    p.add_argument("--other-why", default="", help="where --other was chosen (recorded in the results)")
+    p.add_argument("--data-seed", type=int, default=None,
+                   help="compute only this data seed now (the others are reused when done, else skipped)")
     args = p.parse_args(argv)
 
     from results_report import render
@@ -389,14 +396,31 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         preset = PRESETS[args.preset]
-        t_start = time.time()
         other: dict[str, Any] = {}
+        if args.other:
+            other = {"name": args.other, "overrides": CANDIDATES[args.other], "validation_auroc": {},
+                     "data_seed": None, "seed": None, "chosen": args.other_why or "given with --other"}
         data = {}
         for ds in preset.data_seeds:
-            data[str(ds)] = one_data_seed(preset, ds, args.work / args.preset / f"data-{ds}", other)
+            work = args.work / args.preset / f"data-{ds}"
+            done = work / "result.json"  # one data seed's outcome; a later run resumes from it
+            key = json.dumps(preset.__dict__)
+            if done.exists() and json.loads(done.read_text())["key"] == key:
+                saved = json.loads(done.read_text())
+                other = other or saved["other"]
+                data[str(ds)] = saved["data"]
+                log(f"data seed {ds}: reusing {done}")
+                continue
+            if args.data_seed is not None and ds != args.data_seed:
+                continue
+            data[str(ds)] = one_data_seed(preset, ds, work, other)
+            done.write_text(json.dumps({"key": key, "other": other, "data": data[str(ds)]}), encoding="utf-8")
+        if set(data) != {str(ds) for ds in preset.data_seeds}:
+            log(f"{args.preset}: data seeds {sorted(data)} done; run again for the rest")
+            return
         doc = {"preset": args.preset, "config": preset.__dict__, "test_seed": TEST_SEED,
                "test_fraction": TEST_FRACTION, "ct_max_mm": CT_MAX_MM, "candidates": CANDIDATES,
-               "other_strategy": other, "data": data, "minutes": (time.time() - t_start) / 60,
+               "other_strategy": other, "data": data, "minutes": sum(d.get("minutes", 0.0) for d in data.values()),
                "command": f"python scripts/results.py --preset {args.preset}"}
         out_dir = args.out if args.preset != "smoke" else args.work / "smoke-json"
         out_dir.mkdir(parents=True, exist_ok=True)
