@@ -6,17 +6,21 @@ Flower-free, so the same code serves the ClientApp, local-only baselines and poo
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data import Dataset
 
 from cohort.export.tabular import TABULAR_FEATURES
 from cohort.siteconfig import SiteConfig
 from fl_client.data import (
+    DATALIST_FILE,
     DataConfig,
+    Datalist,
     build_datasets,
     load_datalist,
     make_loader,
@@ -82,6 +86,27 @@ def export_dir(site: SiteConfig, spec_json: dict[str, Any], subset: str) -> Path
     return out
 
 
+# Datasets of recent rounds in this process (a simulation actor serves every round of its sites; a
+# deployed ClientApp process serves one message, so there every round reads the disk cache).
+_DATASETS: OrderedDict[tuple[Any, ...], tuple[Dataset, Dataset]] = OrderedDict()
+_DATASETS_KEPT = 4
+
+
+def _round_datasets(export: Path, data_cfg: DataConfig, stats: NormStats | None) -> tuple[Datalist, Dataset, Dataset]:
+    """The datalist and its training / validation datasets, reused while datalist and settings are unchanged."""
+    datalist = load_datalist(export)
+    stat = (export / DATALIST_FILE).stat()
+    key = (str(export), stat.st_mtime_ns, stat.st_size, datalist.cohort_hash, data_cfg,
+           None if stats is None else stats.to_json())
+    if key in _DATASETS:
+        _DATASETS.move_to_end(key)
+    else:
+        _DATASETS[key] = build_datasets(datalist, data_cfg, stats)
+        while len(_DATASETS) > _DATASETS_KEPT:
+            _DATASETS.popitem(last=False)
+    return (datalist, *_DATASETS[key])
+
+
 def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
         weights: list[np.ndarray], stats: NormStats | None = None,
         proximal_mu: float = 0.0) -> tuple[list[np.ndarray], TrainStats]:
@@ -90,9 +115,8 @@ def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: Trai
     ``stats``: the consortium's normalisation statistics (None: this site's own training split);
     ``proximal_mu``: FedProx's proximal weight, as the strategy sends it.
     """
-    datalist = load_datalist(export_dir(site, spec_json, subset))
     data_cfg = settings.data_config()
-    train_ds, _ = build_datasets(datalist, data_cfg, stats)
+    datalist, train_ds, _ = _round_datasets(export_dir(site, spec_json, subset), data_cfg, stats)
     cfg = settings.train_config(proximal_mu)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
@@ -105,8 +129,7 @@ def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: Trai
 def validate(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
              weights: list[np.ndarray], stats: NormStats | None = None) -> EvalStats:
     """Evaluate the global ``weights`` on this site's fixed validation split."""
-    datalist = load_datalist(export_dir(site, spec_json, subset))
-    _, val_ds = build_datasets(datalist, settings.data_config(), stats)
+    _, _, val_ds = _round_datasets(export_dir(site, spec_json, subset), settings.data_config(), stats)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
     with torch.no_grad():

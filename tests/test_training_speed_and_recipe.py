@@ -253,3 +253,19 @@ def test_strategy_settings_name_the_choices() -> None:
     with pytest.raises(ConfigError, match="proximal_mu"):
         StrategySettings(strategy="fedprox")
     assert json.loads(json.dumps(StrategySettings.from_config({"strategy": "fedadam", "rounds": 3}).__dict__))
+
+
+def test_round_datasets_are_reused_until_the_datalist_or_settings_change(export: Path, tmp_path: Path) -> None:
+    from fl_client.local import _round_datasets
+
+    cfg = _cfg(tmp_path)
+    _, a_train, a_val = _round_datasets(export, cfg, None)
+    _, b_train, _ = _round_datasets(export, cfg, None)
+    assert b_train is a_train  # the next round in this process reads the datasets it already holds
+    _, c_train, _ = _round_datasets(export, replace(cfg, seed=cfg.seed + 1), None)
+    assert c_train is not a_train
+    doc = json.loads((export / "datalist.json").read_text())
+    doc["training"] = doc["training"][:-1]
+    (export / "datalist.json").write_text(json.dumps(doc))
+    _, d_train, d_val = _round_datasets(export, cfg, None)
+    assert d_train is not a_train and len(d_train) + len(d_val) == len(a_train) + len(a_val) - 1
