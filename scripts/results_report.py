@@ -225,7 +225,9 @@ def render(json_dir: Path, md: Path, img_dir: Path) -> None:
         "- **ceiling**: the generative model's own true probability (`truth.csv`) as the score.", "",
         "Intervals: 95% percentile bootstrap (1,000 replicates) of the mean over all runs (training seeds x data "
         "seeds), resampling the test patients of each test set; they show test-set noise, not training-seed "
-        "spread. 'n/a': a test split with one class only.", ""]
+        "spread. With one or two positives in a test split (see the site tables) a site's AUROC can only take a "
+        "few values and its interval is not meaningful (e.g. [1.000, 1.000]); read the pooled columns there. "
+        "'n/a': a test split with one class only.", ""]
     for doc in docs:
         lines += _section(doc, img_dir, md.parent)
     reading = md.parent / "results-reading.md"
