@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import secrets
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -35,7 +34,7 @@ import numpy as np
 from cohort.errors import DisclosureError
 from cohort.results import ALL_SUBSET, LABEL_KEYS, CohortCounts
 from cohort.siteconfig import DisclosurePolicy
-from cohort.spec.privacy import IDENTIFYING_FIELDS
+from cohort.spec.privacy import IDENTIFYING_FIELDS, is_identifying
 
 SUPPRESSED = None  # a released cell that is suppressed
 
@@ -84,17 +83,9 @@ def effective_min_cell(policy: DisclosurePolicy, requested: int | None) -> tuple
     return requested, None
 
 
-def _normal(name: str) -> str:
-    """Field names compared without case and separators: PatientID == patient_id."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-_IDENTIFYING_NORMAL = frozenset(_normal(f) for f in IDENTIFYING_FIELDS)
-
-
 def check_fields(fields: list[str], policy: DisclosurePolicy) -> None:
     """Refuse the whole query when it names identifying fields."""
-    bad = sorted({f for f in fields if _normal(f) in _IDENTIFYING_NORMAL})
+    bad = sorted({f for f in fields if is_identifying(f)})
     if bad:
         raise DisclosureError(f"query refused: it asks for identifying field(s) {bad}; identifying fields "
                               f"({', '.join(sorted(IDENTIFYING_FIELDS))}) are never counted or released")
