@@ -19,13 +19,13 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from cohort.errors import ConfigError, InputError
-from fl_client.normalization import NormStats, norm_stats, site_moments
+from fl_client.normalization import NormStats, SiteMoments, norm_stats, site_moments
 from fl_client.transforms import PreprocessConfig, cached_transforms, normalize_transforms
 
 __all__ = [
     "CACHE_DIR", "DATALIST_FILE", "DATALIST_VERSION", "DataConfig", "Datalist", "DatalistEntry", "TabularFeature",
     "build_datasets", "load_datalist", "make_loader", "positive_weight", "preprocess_cache_dir",
-    "preprocessed_dataset", "site_norm_stats", "split_train_val",
+    "preprocessed_dataset", "site_norm_stats", "split_train_val", "training_moments",
 ]
 
 DATALIST_FILE = "datalist.json"
@@ -289,10 +289,15 @@ def preprocessed_dataset(datalist: Datalist, entries: Sequence[DatalistEntry], c
     return Dataset(samples, chain)
 
 
+def training_moments(datalist: Datalist, train: Sequence[DatalistEntry], train_samples: Dataset) -> SiteMoments:
+    """Moments of the training split: its tabular rows and its preprocessed samples (``train_samples``)."""
+    return site_moments([e.tabular for e in train], [f.unit for f in datalist.tabular_features],
+                        (train_samples[i] for i in range(len(train_samples))))
+
+
 def site_norm_stats(datalist: Datalist, train: Sequence[DatalistEntry], train_samples: Dataset) -> NormStats:
     """Normalisation statistics of this site's own training split (the non-federated fallback)."""
-    m = site_moments([e.tabular for e in train], [f.unit for f in datalist.tabular_features],
-                     (train_samples[i] for i in range(len(train_samples))))
+    m = training_moments(datalist, train, train_samples)
     return norm_stats(m.tabular, m.ecg)
 
 

@@ -27,9 +27,10 @@ from fl_client.data import (
     positive_weight,
     preprocessed_dataset,
     split_train_val,
+    training_moments,
 )
 from fl_client.model import ModelConfig, MultiModalNet, get_weights, set_weights
-from fl_client.normalization import NormStats, SiteMoments, site_moments
+from fl_client.normalization import NormStats, SiteMoments
 from fl_client.train import EvalStats, TrainConfig, TrainStats, evaluate, train
 from fl_client.transforms import PreprocessConfig
 
@@ -141,6 +142,4 @@ def moments(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: 
     datalist = load_datalist(export_dir(site, spec_json, subset))
     data_cfg = settings.data_config()
     train_entries, _ = split_train_val(datalist.entries, data_cfg.val_fraction, settings.seed)
-    samples = preprocessed_dataset(datalist, train_entries, data_cfg)
-    return site_moments([e.tabular for e in train_entries], [f.unit for f in datalist.tabular_features],
-                        (samples[i] for i in range(len(samples))))
+    return training_moments(datalist, train_entries, preprocessed_dataset(datalist, train_entries, data_cfg))

@@ -186,17 +186,16 @@ def _pre(sd: SiteData, entries: list[Any], settings: Any) -> Any:
 
 
 def _moments(sd: SiteData, entries: list[Any], settings: Any) -> Any:
-    from fl_client.normalization import site_moments
+    from fl_client.data import training_moments
 
-    pre = _pre(sd, entries, settings)
-    return site_moments([e.tabular for e in entries], [f.unit for f in sd.dl.tabular_features],
-                        (pre[i] for i in range(len(pre))))
+    return training_moments(sd.dl, entries, _pre(sd, entries, settings))
 
 
 def _stats(parts: list[Any]) -> Any:
-    from fl_client.normalization import combine, norm_stats
+    """Statistics from sites' moments, combined as the coordinator combines them."""
+    from fl_server.norm_round import combine_site_moments
 
-    return norm_stats(combine([m.tabular for m in parts]), combine([m.ecg for m in parts if m.ecg_patients]))
+    return combine_site_moments(parts)[0]
 
 
 def _dataset(pieces: list[tuple[SiteData, list[Any]]], settings: Any, stats: Any) -> Any:
