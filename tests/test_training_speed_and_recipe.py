@@ -171,7 +171,7 @@ def test_a_site_withholds_features_below_its_minimum_cell(export: Path, tmp_path
     assert ecg_withheld == (m.ecg_patients < min_cell)
 
 
-def test_moments_answer_is_refused_below_the_minimum_cell(tmp_path: Path) -> None:
+def test_release_withholds_a_lone_feature_and_rejects_a_zero_minimum() -> None:
     from fl_client.normalization import Moments
 
     m = SiteMoments(Moments((3, 0), (30.0, 0.0), (310.0, 0.0)), (3, 0), Moments((0,) * 12, (0.0,) * 12, (0.0,) * 12), 0)
