@@ -270,3 +270,26 @@ def test_round_datasets_are_reused_until_the_datalist_or_settings_change(export:
     (export / "datalist.json").write_text(json.dumps(doc))
     _, d_train, d_val = _round_datasets(export, cfg, None)
     assert d_train is not a_train and len(d_train) + len(d_val) == len(a_train) + len(a_val) - 1
+
+
+def test_the_site_refuses_the_moments_round_when_every_feature_is_below_its_minimum_cell(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fl_client.local as local
+    from cohort.siteconfig import SiteConfig
+    from fl_client.moments import answer_moments
+    from fl_client.normalization import Moments
+
+    site = SiteConfig(site_id="tiny", store=str(tmp_path / "store"), pseudonym_key="k" * 16)
+    settings_json = json.dumps({"model": {}, "training": {}})  # local.moments is replaced below
+    few = SiteMoments(Moments((4, 0), (40.0, 0.0), (410.0, 0.0)), (4, 0),
+                      Moments((8,) * 12, (0.0,) * 12, (1.0,) * 12), 4)
+    monkeypatch.setattr(local, "moments", lambda *a, **k: few)
+    refused = answer_moments(site, {}, "labelled", settings_json, "run-1")
+    assert refused.status == "refused" and refused.moments_json is None and "10" in (refused.reason or "")
+    enough = replace(few, tabular_patients=(12, 0), tabular=Moments((12, 0), (120.0, 0.0), (1210.0, 0.0)))
+    monkeypatch.setattr(local, "moments", lambda *a, **k: enough)
+    answered = answer_moments(site, {}, "labelled", settings_json, "run-2")
+    assert answered.status == "answered" and answered.moments_json is not None
+    assert SiteMoments.from_json(answered.moments_json).ecg.counts == (None,) * 12  # 4 ECG patients withheld
+    log = [json.loads(line) for line in (tmp_path / "store" / "audit.jsonl").read_text().splitlines()]
+    assert [e["decision"] for e in log] == ["refused", "answered"]
