@@ -160,9 +160,14 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[t
     def main(grid: Grid, context: Context) -> None:
         run_federation(ProgressGrid(grid, lambda d, i, n: steps.append((d, i, n)), 2), settings)  # type: ignore[arg-type]
 
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(server_app=app, client_app=build_client_app(c.consortium_json), num_supernodes=c.n_sites,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.WARNING)  # restored below: later tests read the flwr log at INFO
+    try:
+        run_simulation(server_app=app, client_app=build_client_app(c.consortium_json), num_supernodes=c.n_sites,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    finally:
+        flwr_logger.setLevel(level)
     return out, steps, [c.site(i).site_id for i in range(c.n_sites)]
 
 
