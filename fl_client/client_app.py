@@ -25,6 +25,7 @@ from cohort.protocol import (
     KEY_RELEASED_JSON,
     KEY_REQUEST_ID,
     KEY_REQUESTED_MIN_CELL,
+    KEY_SERVER_ROUND,
     KEY_SITE_ID,
     KEY_SPEC_JSON,
     KEY_STATUS,
@@ -100,7 +101,8 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         weights = msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays()
         new_weights, stats = fit(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
                                  TrainingSettings.from_json(str(cfg[KEY_TRAINING_JSON])), weights,
-                                 stats=_norm_stats(cfg), proximal_mu=float(cfg.get(KEY_PROXIMAL_MU, 0.0)))  # type: ignore[arg-type]
+                                 stats=_norm_stats(cfg), proximal_mu=float(cfg.get(KEY_PROXIMAL_MU, 0.0)),  # type: ignore[arg-type]
+                                 server_round=int(cfg.get(KEY_SERVER_ROUND, 1)))  # type: ignore[arg-type]
         metrics = MetricRecord({NUM_EXAMPLES: stats.num_samples, METRIC_LOSS: float(stats.loss)})
         return Message(RecordDict({ARRAYS_RECORD: ArrayRecord(numpy_ndarrays=new_weights),
                                    METRICS_RECORD: metrics}), reply_to=msg)

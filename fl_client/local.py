@@ -52,10 +52,15 @@ class TrainingSettings:
         kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
         return ModelConfig(n_tabular=len(TABULAR_FEATURES), **kwargs)
 
-    def train_config(self, proximal_mu: float = 0.0) -> TrainConfig:
+    def train_config(self, proximal_mu: float = 0.0, server_round: int = 0) -> TrainConfig:
+        """Local training settings; round ``r`` seeds its shuffling and dropout with ``seed + r``.
+
+        Every approach (federated rounds, local-only and pooled baselines) seeds its rounds this way,
+        so rounds do not repeat one batch order; the train/validation split stays on ``seed``.
+        """
         t = self.training
         return TrainConfig(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), lr=float(t["lr"]),
-                           weight_decay=float(t["weight_decay"]), seed=self.seed,
+                           weight_decay=float(t["weight_decay"]), seed=self.seed + server_round,
                            loss=str(t.get("loss", "weighted_bce")),  # type: ignore[arg-type]
                            focal_gamma=float(t.get("focal_gamma", 2.0)), proximal_mu=float(proximal_mu),
                            device=str(t.get("device", "auto")))
@@ -110,15 +115,16 @@ def _round_datasets(export: Path, data_cfg: DataConfig, stats: NormStats | None)
 
 def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
         weights: list[np.ndarray], stats: NormStats | None = None,
-        proximal_mu: float = 0.0) -> tuple[list[np.ndarray], TrainStats]:
+        proximal_mu: float = 0.0, server_round: int = 1) -> tuple[list[np.ndarray], TrainStats]:
     """One round of local training from the global ``weights``.
 
     ``stats``: the consortium's normalisation statistics (None: this site's own training split);
-    ``proximal_mu``: FedProx's proximal weight, as the strategy sends it.
+    ``proximal_mu``: FedProx's proximal weight, as the strategy sends it; ``server_round``: the
+    round number, which seeds this round's shuffling and dropout (:meth:`TrainingSettings.train_config`).
     """
     data_cfg = settings.data_config()
     datalist, train_ds, _ = _round_datasets(export_dir(site, spec_json, subset), data_cfg, stats)
-    cfg = settings.train_config(proximal_mu)
+    cfg = settings.train_config(proximal_mu, server_round)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
     train_entries, _ = split_train_val(datalist.entries, data_cfg.val_fraction, settings.seed)

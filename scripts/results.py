@@ -217,14 +217,13 @@ def train_best(train_pieces: list[tuple[SiteData, list[Any]]], val_pieces: list[
 
     entries = [e for _, es in train_pieces for e in es]
     train_ds, val_ds = _dataset(train_pieces, settings, stats), _dataset(val_pieces, settings, stats)
-    cfg = settings.train_config()
     model = MultiModalNet(settings.model_config())
     set_weights(model, init)
     best: tuple[float, int, list[np.ndarray]] | None = None
     for r in range(1, rounds + 1):
-        # One loader seed per round, as a federated round re-seeds its local training.
-        train(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed + r),
-              replace(cfg, seed=cfg.seed + r), pos_weight=positive_weight(entries))
+        cfg = settings.train_config(server_round=r)  # seeded per round, as a federated round's local training
+        train(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg,
+              pos_weight=positive_weight(entries))
         auroc = evaluate(model, make_loader(val_ds, 64)).auroc
         score = -1.0 if auroc is None else auroc
         if best is None or score > best[0]:

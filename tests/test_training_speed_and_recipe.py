@@ -293,3 +293,23 @@ def test_the_site_refuses_the_moments_round_when_every_feature_is_below_its_mini
     assert SiteMoments.from_json(answered.moments_json).ecg.counts == (None,) * 12  # 4 ECG patients withheld
     log = [json.loads(line) for line in (tmp_path / "store" / "audit.jsonl").read_text().splitlines()]
     assert [e["decision"] for e in log] == ["refused", "answered"]
+
+
+def test_each_round_of_local_training_draws_its_own_batches() -> None:
+    from monai.data import Dataset
+
+    from fl_client.local import TrainingSettings
+
+    training = {"epochs": 1, "batch_size": 4, "lr": 1e-3, "weight_decay": 0.0, "val_fraction": 0.25,
+                "ct_shape": 8, "ct_spacing_mm": 2.0, "ecg_sampling_rate": 250}
+    settings = TrainingSettings(model={}, training=training, seed=3)
+    first, second = settings.train_config(server_round=1), settings.train_config(server_round=2)
+    assert settings.train_config(server_round=1) == first  # the same round repeats exactly
+    assert settings.data_config().seed == 3  # the train/validation split does not move with the round
+
+    def order(seed: int) -> list[int]:
+        loader = make_loader(Dataset([{"i": i} for i in range(32)]), 4, shuffle=True, seed=seed)
+        return [int(i) for batch in loader for i in batch["i"]]
+
+    assert order(first.seed) != order(second.seed)  # round 2 does not replay round 1's batch order
+    assert order(first.seed) == order(settings.train_config(server_round=1).seed)
