@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from monai.data import Dataset
 
+from cohort.errors import ConfigError
 from cohort.export.tabular import TABULAR_FEATURES
 from cohort.siteconfig import SiteConfig
 from fl_client.data import (
     DATALIST_FILE,
     DataConfig,
     Datalist,
+    DatalistEntry,
     build_datasets,
     load_datalist,
     make_loader,
@@ -33,6 +35,8 @@ from fl_client.model import ModelConfig, MultiModalNet, get_weights, set_weights
 from fl_client.normalization import NormStats, SiteMoments
 from fl_client.train import EvalStats, TrainConfig, TrainStats, evaluate, train
 from fl_client.transforms import PreprocessConfig
+
+CLASS_WEIGHTS = ("site", "none")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,15 @@ class TrainingSettings:
                                ecg_scaling=str(t.get("ecg_scaling", "standardize")))  # type: ignore[arg-type]
         return DataConfig(preprocess=pre, val_fraction=float(t["val_fraction"]), seed=self.seed,
                           persistent=bool(t.get("preprocess_cache", True)))
+
+    def positive_weight(self, train_entries: list[DatalistEntry] | tuple[DatalistEntry, ...]) -> float:
+        """The loss's positive-class weight for these training entries (``training.class_weight``)."""
+        mode = str(self.training.get("class_weight", "site"))
+        if mode == "site":
+            return positive_weight(train_entries)
+        if mode == "none":
+            return 1.0
+        raise ConfigError(f"training.class_weight={mode!r} is not valid; choose one of {CLASS_WEIGHTS}")
 
     @property
     def normalization(self) -> str:
@@ -129,7 +142,7 @@ def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: Trai
     set_weights(model, weights)
     train_entries, _ = split_train_val(datalist.entries, data_cfg.val_fraction, settings.seed)
     loader = make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    stats_out = train(model, loader, cfg, pos_weight=positive_weight(train_entries))
+    stats_out = train(model, loader, cfg, pos_weight=settings.positive_weight(train_entries))
     return get_weights(model), stats_out
 
 

@@ -211,7 +211,7 @@ def _dataset(pieces: list[tuple[SiteData, list[Any]]], settings: Any, stats: Any
 def train_best(train_pieces: list[tuple[SiteData, list[Any]]], val_pieces: list[tuple[SiteData, list[Any]]],
                settings: Any, stats: Any, rounds: int, init: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
     """Train ``rounds`` x local epochs from ``init``; keep the round with the best validation AUROC."""
-    from fl_client.data import make_loader, positive_weight
+    from fl_client.data import make_loader
     from fl_client.model import MultiModalNet, get_weights, set_weights
     from fl_client.train import evaluate, train
 
@@ -223,7 +223,7 @@ def train_best(train_pieces: list[tuple[SiteData, list[Any]]], val_pieces: list[
     for r in range(1, rounds + 1):
         cfg = settings.train_config(server_round=r)  # seeded per round, as a federated round's local training
         train(model, make_loader(train_ds, cfg.batch_size, shuffle=True, seed=cfg.seed), cfg,
-              pos_weight=positive_weight(entries))
+              pos_weight=settings.positive_weight(entries))
         auroc = evaluate(model, make_loader(val_ds, 64)).auroc
         score = -1.0 if auroc is None else auroc
         if best is None or score > best[0]:

@@ -313,3 +313,19 @@ def test_each_round_of_local_training_draws_its_own_batches() -> None:
 
     assert order(first.seed) != order(second.seed)  # round 2 does not replay round 1's batch order
     assert order(first.seed) == order(settings.train_config(server_round=1).seed)
+
+
+def test_class_weight_setting_picks_the_positive_weight() -> None:
+    from fl_client.data import DatalistEntry
+    from fl_client.local import TrainingSettings
+
+    entries = [DatalistEntry(patient=f"p{i}", label=int(i < 2), ct=None, ecg=None, tabular=())
+               for i in range(10)]
+
+    def weight(mode: str) -> float:
+        return TrainingSettings(model={}, training={"class_weight": mode}).positive_weight(entries)
+
+    assert weight("site") == pytest.approx(8 / 2)  # the split's own n_neg / n_pos
+    assert weight("none") == 1.0  # unweighted: base rates between sites survive averaging
+    with pytest.raises(ConfigError, match="class_weight"):
+        weight("balanced-ish")
