@@ -296,20 +296,22 @@ def _check_federation(name: str, report: dict[str, Any], train_sets: dict[str, l
 # ------------------------------------------------------------------------------------------ main
 
 
-def base_overrides(preset: Preset) -> str:
+def base_overrides(preset: Preset, extra: str = "") -> str:
+    """The preset's settings plus ``extra`` (Hydra overrides applied to every approach alike)."""
     return (f"federation.rounds={preset.rounds} training.epochs={preset.epochs} agreement.min_cases=1 "
             f"agreement.subset={SUBSET} federation.min_sites=1 "
-            f"'cohort.objects.ct.where=[{{field:slice_thickness,op:\"<=\",value:{CT_MAX_MM},unit:mm}}]'")
+            f"'cohort.objects.ct.where=[{{field:slice_thickness,op:\"<=\",value:{CT_MAX_MM},unit:mm}}]'" + (f" {extra}" if extra else ""))
 
 
-def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, Any]) -> dict[str, Any]:
+def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, Any],
+                  extra: str = "") -> dict[str, Any]:
     """Test predictions of every approach for every training seed on one synthetic consortium."""
     from cohort.spec.load import parse_spec
     from fl_server.config import compose_config
     from fl_server.federation import initial_arrays
 
     t_start = time.time()
-    base = base_overrides(preset)
+    base = base_overrides(preset, extra)
     cfg = compose_config(None, base)
     spec_json = parse_spec(cfg["cohort"]).to_dict()
     sites_dir = build_consortium(work, list(preset.patients), data_seed)
@@ -341,6 +343,7 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
     for seed in preset.seeds:
         t0 = time.time()
         scfg = compose_config(None, f"{base} seed={seed}")
+        rounds = int(scfg["federation"]["rounds"])  # the same budget as the federations (after --overrides)
         settings = _settings(scfg, seed)
         init = initial_arrays(scfg["model"], seed).to_numpy_ndarrays()
         splits = {s.site_id: _split(s, settings) for s in sites}
@@ -351,11 +354,11 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
         for s in sites:
             st = _stats([site_moments[s.site_id]])
             w, best_rounds["local"][s.site_id] = train_best([(s, splits[s.site_id][0])], [(s, splits[s.site_id][1])],
-                                                            settings, st, preset.rounds, init)
+                                                            settings, st, rounds, init)
             preds["local"][s.site_id] = predict(w, s, settings, st)
         w, best_rounds["pooled"] = train_best([(s, splits[s.site_id][0]) for s in sites],
                                               [(s, splits[s.site_id][1]) for s in sites], settings, pooled_stats,
-                                              preset.rounds, init)
+                                              rounds, init)
         for s in sites:
             preds["pooled"][s.site_id] = predict(w, s, settings, pooled_stats)
         for key in ("fedavg", "other"):
@@ -383,6 +386,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--other", choices=sorted(CANDIDATES), default=None,
                    help="skip the validation selection and use this strategy (one chosen on validation before)")
     p.add_argument("--other-why", default="", help="where --other was chosen (recorded in the results)")
+    p.add_argument("--overrides", default="",
+                   help="Hydra overrides for every approach, e.g. 'training.class_weight=none federation.rounds=6 "
+                        "training.epochs=1' (recorded in the results)")
     p.add_argument("--data-seed", type=int, default=None,
                    help="compute only this data seed now (the others are reused when done, else skipped)")
     args = p.parse_args(argv)
@@ -402,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         for ds in preset.data_seeds:
             work = args.work / args.preset / f"data-{ds}"
             done = work / "result.json"  # one data seed's outcome; a later run resumes from it
-            key = json.dumps(preset.__dict__)
+            key = json.dumps({**preset.__dict__, "overrides": args.overrides})
             if done.exists() and json.loads(done.read_text())["key"] == key:
                 saved = json.loads(done.read_text())
                 other = other or saved["other"]
@@ -411,7 +417,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             if args.data_seed is not None and ds != args.data_seed:
                 continue
-            data[str(ds)] = one_data_seed(preset, ds, work, other)
+            data[str(ds)] = one_data_seed(preset, ds, work, other, args.overrides)
             done.write_text(json.dumps({"key": key, "other": other, "data": data[str(ds)]}), encoding="utf-8")
         if set(data) != {str(ds) for ds in preset.data_seeds}:
             log(f"{args.preset}: data seeds {sorted(data)} done; run again for the rest")
@@ -419,7 +425,9 @@ def main(argv: list[str] | None = None) -> None:
         doc = {"preset": args.preset, "config": preset.__dict__, "test_seed": TEST_SEED,
                "test_fraction": TEST_FRACTION, "ct_max_mm": CT_MAX_MM, "candidates": CANDIDATES,
                "other_strategy": other, "data": data, "minutes": sum(d.get("minutes", 0.0) for d in data.values()),
-               "command": f"python scripts/results.py --preset {args.preset}"}
+               "overrides": args.overrides,
+               "command": f"python scripts/results.py --preset {args.preset}"
+                          + (f" --overrides {args.overrides!r}" if args.overrides else "")}
         out_dir = args.out if args.preset != "smoke" else args.work / "smoke-json"
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"{args.preset}.json").write_text(json.dumps(doc), encoding="utf-8")
