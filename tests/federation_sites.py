@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -114,6 +116,18 @@ def quiet_flower(flwr_home: Path) -> None:
     os.environ["FLWR_HOME"] = str(flwr_home)
 
 
+@contextmanager
+def flwr_log_level(level: int) -> Iterator[None]:
+    """The ``flwr`` logger at ``level`` inside the block, and back to its own level after it."""
+    flwr_logger = logging.getLogger("flwr")
+    before = flwr_logger.level
+    flwr_logger.setLevel(level)
+    try:
+        yield
+    finally:
+        flwr_logger.setLevel(before)
+
+
 class RecordingGrid:
     """A Grid that forwards everything and keeps every reply the ServerApp receives from the sites."""
 
@@ -177,16 +191,14 @@ def run_recorded_simulation(consortium: Consortium, settings: object, log_file: 
     handler = logging.FileHandler(log_file, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    flwr_logger.setLevel(logging.INFO)  # whatever an earlier test set: the recorded log holds the INFO lines
     flwr_logger.addHandler(handler)
     try:
-        run_simulation(server_app=app, client_app=build_client_app(consortium.consortium_json),
-                       num_supernodes=consortium.n_sites,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+        with flwr_log_level(logging.INFO):  # whatever an earlier test set: the recorded log holds the INFO lines
+            run_simulation(server_app=app, client_app=build_client_app(consortium.consortium_json),
+                           num_supernodes=consortium.n_sites,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     finally:
         flwr_logger.removeHandler(handler)
-        flwr_logger.setLevel(level)
         handler.close()
     assert grids, "the ServerApp never ran"
     return [reply_payload(m) for g in grids for m in g.replies]

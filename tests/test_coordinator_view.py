@@ -142,7 +142,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[t
     from fl_client.client_app import build_client_app
     from fl_server.demo import ProgressGrid
     from fl_server.federation import RunSettings, run_federation
-    from tests.federation_sites import build_consortium, copy_consortium, quiet_flower
+    from tests.federation_sites import build_consortium, copy_consortium, flwr_log_level, quiet_flower
 
     root = tmp_path_factory.mktemp("coordinator-view")
     c = copy_consortium(build_consortium(tmp_path_factory), root / "sites")
@@ -160,14 +160,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[t
     def main(grid: Grid, context: Context) -> None:
         run_federation(ProgressGrid(grid, lambda d, i, n: steps.append((d, i, n)), 2), settings)  # type: ignore[arg-type]
 
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    flwr_logger.setLevel(logging.WARNING)  # restored below: later tests read the flwr log at INFO
-    try:
+    with flwr_log_level(logging.WARNING):  # restored after: later tests read the flwr log at INFO
         run_simulation(server_app=app, client_app=build_client_app(c.consortium_json), num_supernodes=c.n_sites,
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    finally:
-        flwr_logger.setLevel(level)
     return out, steps, [c.site(i).site_id for i in range(c.n_sites)]
 
 
