@@ -60,7 +60,7 @@ def _rounds(report_path: Path) -> Table:
 def demo(
     sites: Annotated[int, typer.Option(min=2, help="synthetic sites")] = 4,
     patients: Annotated[str, typer.Option(help="patients per site, or a comma list")] = "120",
-    rounds: Annotated[int, typer.Option(min=1, help="FedAvg rounds")] = 3,
+    rounds: Annotated[int | None, typer.Option(min=1, help="FedAvg rounds (default: federation.rounds)")] = None,
     seed: Annotated[int, typer.Option(help="seed of data and training")] = 0,
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-out"),
     overrides: Annotated[str, typer.Option(help="Hydra overrides, e.g. 'agreement.min_cases=10'")] = "",

@@ -72,9 +72,12 @@ class ProgressGrid:
         return replies
 
 
-def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, rounds: int = 3, seed: int = 0,
+def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, rounds: int | None = None, seed: int = 0,
              overrides: str = "", progress: ProgressCallback | None = None) -> DemoResult:
-    """Synthesize, ingest and federate; returns the ingest reports and the path of report.json."""
+    """Synthesize, ingest and federate; returns the ingest reports and the path of report.json.
+
+    ``rounds`` None keeps the configured ``federation.rounds`` (after ``overrides``).
+    """
     quiet_flower_env()
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -84,6 +87,7 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
     from cohort.siteconfig import load_site_config
     from cohort.synth.site import synthesize_consortium
     from fl_client.client_app import build_client_app
+    from fl_server.config import compose_config
     from fl_server.federation import RunSettings, run_federation
     from fl_server.server_app import build_server_app
 
@@ -98,7 +102,10 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
         reports[s.site_id] = ingest_folder(s.raw_dir, site.store_path(), site, progress=site_progress)
         reports[s.site_id].write(s.folder / "ingest_report.json")
     run_out = out / "run"
-    settings = RunSettings(overrides=f"federation.rounds={rounds} seed={seed} {overrides}".strip(),
+    run_overrides = f"seed={seed} {overrides}" if rounds is None else f"federation.rounds={rounds} seed={seed} {overrides}"
+    if rounds is None:
+        rounds = int(compose_config(None, run_overrides)["federation"]["rounds"])
+    settings = RunSettings(overrides=run_overrides.strip(),
                            out_dir=str(run_out), expected_sites=sites, wait_s=120)
     server_app = build_server_app(settings)
     if progress is not None:

@@ -65,9 +65,9 @@ class Preset:
 
 PRESETS = {
     "smoke": Preset(patients=(40, 60), seeds=(0,), data_seeds=(0,), rounds=2, epochs=1),  # checks the script
-    "small": Preset(patients=(60, 120, 250, 500), seeds=(0, 1, 2), data_seeds=(0,), rounds=3, epochs=2),
+    "small": Preset(patients=(60, 120, 250, 500), seeds=(0, 1, 2), data_seeds=(0,), rounds=6, epochs=1),
     "large": Preset(patients=(100, 150, 300, 500, 650, 1000), seeds=(0, 1, 2, 3, 4), data_seeds=(0, 1),
-                    rounds=3, epochs=2),
+                    rounds=6, epochs=1),
 }
 
 
