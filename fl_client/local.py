@@ -33,10 +33,11 @@ from fl_client.data import (
 )
 from fl_client.model import ModelConfig, MultiModalNet, get_weights, set_weights
 from fl_client.normalization import NormStats, SiteMoments
-from fl_client.train import EvalStats, TrainConfig, TrainStats, evaluate, train
+from fl_client.train import DECISION_THRESHOLD, EvalStats, TrainConfig, TrainStats, evaluate, train
 from fl_client.transforms import PreprocessConfig
 
 CLASS_WEIGHTS = ("site", "none")
+NORMALIZATIONS = ("consortium", "site")
 
 
 @dataclass(frozen=True)
@@ -78,19 +79,59 @@ class TrainingSettings:
         return DataConfig(preprocess=pre, val_fraction=float(t["val_fraction"]), seed=self.seed,
                           persistent=bool(t.get("preprocess_cache", True)))
 
+    @property
+    def class_weight(self) -> str:
+        """``training.class_weight``: "site" (n_neg / n_pos of the split trained on) or "none"."""
+        mode = str(self.training.get("class_weight", "site"))
+        if mode not in CLASS_WEIGHTS:
+            raise ConfigError(f"training.class_weight={mode!r} is not valid; choose one of {CLASS_WEIGHTS}")
+        return mode
+
     def positive_weight(self, train_entries: list[DatalistEntry] | tuple[DatalistEntry, ...]) -> float:
         """The loss's positive-class weight for these training entries (``training.class_weight``)."""
-        mode = str(self.training.get("class_weight", "site"))
-        if mode == "site":
-            return positive_weight(train_entries)
-        if mode == "none":
-            return 1.0
-        raise ConfigError(f"training.class_weight={mode!r} is not valid; choose one of {CLASS_WEIGHTS}")
+        return positive_weight(train_entries) if self.class_weight == "site" else 1.0
+
+    def decision_threshold(self, train_entries: list[DatalistEntry] | tuple[DatalistEntry, ...]) -> float:
+        """Operating point of the reported threshold metrics: where a positive and a negative weigh the same.
+
+        A loss that weights positives by ``w`` learns odds ``w`` times the training split's, so equal class
+        weight sits at probability ``w * n_pos / (w * n_pos + n_neg)``: 0.5 with ``class_weight=site``
+        (``w = n_neg / n_pos``), the split's prevalence with ``class_weight=none``. At a fixed 0.5 an
+        unweighted model on a 15%-prevalence site flags almost nobody (balanced accuracy 0.5 whatever
+        its AUROC).
+        """
+        n_pos = sum(e.label == 1 for e in train_entries)
+        n_neg = len(train_entries) - n_pos
+        if n_pos == 0 or n_neg == 0:
+            return DECISION_THRESHOLD
+        w = self.positive_weight(train_entries)
+        return w * n_pos / (w * n_pos + n_neg)
 
     @property
     def normalization(self) -> str:
         """"consortium" (statistics from the federated moments round) or "site" (own training split)."""
-        return str(self.training.get("normalization", "site"))
+        mode = str(self.training.get("normalization", "site"))
+        if mode not in NORMALIZATIONS:
+            raise ConfigError(f"training.normalization={mode!r} is not valid; choose one of {NORMALIZATIONS}")
+        return mode
+
+    def check(self) -> None:
+        """Every model and training setting a site will use, checked at once (the coordinator, before round 1).
+
+        Raises ``ConfigError`` naming the first bad setting, so a typo fails when the run starts instead of
+        at every site in round 1. The device is not checked: CUDA is a property of each site's machine.
+        """
+        try:
+            self.model_config()
+            self.train_config()
+            self.data_config()
+            _ = self.class_weight, self.normalization
+        except ConfigError as exc:
+            raise ConfigError(f"training settings: {exc} (configs/model, configs/training, or an override "
+                              f"such as training.loss=focal)") from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"training settings: {type(exc).__name__}: {exc}; every key of configs/training "
+                              f"and configs/model needs a value of its documented type") from exc
 
 
 def export_dir(site: SiteConfig, spec_json: dict[str, Any], subset: str) -> Path:
@@ -148,12 +189,18 @@ def fit(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: Trai
 
 def validate(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
              weights: list[np.ndarray], stats: NormStats | None = None) -> EvalStats:
-    """Evaluate the global ``weights`` on this site's fixed validation split."""
-    _, _, val_ds = _round_datasets(export_dir(site, spec_json, subset), settings.data_config(), stats)
+    """Evaluate the global ``weights`` on this site's fixed validation split.
+
+    Threshold metrics are taken at :meth:`TrainingSettings.decision_threshold` of the site's training split.
+    """
+    data_cfg = settings.data_config()
+    datalist, _, val_ds = _round_datasets(export_dir(site, spec_json, subset), data_cfg, stats)
+    train_entries, _ = split_train_val(datalist.entries, data_cfg.val_fraction, settings.seed)
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
     with torch.no_grad():
-        return evaluate(model, make_loader(val_ds, settings.train_config().batch_size))
+        return evaluate(model, make_loader(val_ds, settings.train_config().batch_size),
+                        threshold=settings.decision_threshold(train_entries))
 
 
 def moments(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings) -> SiteMoments:

@@ -35,8 +35,9 @@ __all__ = [
     "evaluate", "predict", "resolve_device", "roc_auc", "seed_everything", "train",
 ]
 
-# Fixed operating point of the reported metrics. With pos_weight balancing the classes during
-# training, 0.5 corresponds to equal weight on both classes rather than to the site's prevalence.
+# Default operating point of the reported threshold metrics: where both classes weigh equally for a model
+# trained with pos_weight = n_neg / n_pos. A site passes its own (fl_client.local.TrainingSettings.
+# decision_threshold): the training prevalence for an unweighted model.
 DECISION_THRESHOLD = 0.5
 LOSSES = ("weighted_bce", "focal")
 
@@ -123,7 +124,7 @@ class BinaryMetrics:
 class EvalStats:
     """Result of :func:`evaluate`.
 
-    Metrics at :data:`DECISION_THRESHOLD` (0.5) are the reported ones. ``at_prevalence`` uses the
+    Metrics at ``threshold`` are the reported ones. ``at_prevalence`` uses the
     threshold that flags as many patients positive as the split has positives; it is chosen on the
     evaluated labels themselves, so it is an optimistic diagnostic, not an unbiased estimate.
 
@@ -131,12 +132,13 @@ class EvalStats:
         num_samples: Samples evaluated.
         loss: Mean unweighted BCE loss (NaN when there are no samples).
         auroc: Area under the ROC curve; None when only one class is present.
-        balanced_accuracy: Mean of sensitivity and specificity at 0.5 (of the defined ones).
-        sensitivity: True positive rate at 0.5; None without positives.
-        specificity: True negative rate at 0.5; None without negatives.
+        balanced_accuracy: Mean of sensitivity and specificity at ``threshold`` (of the defined ones).
+        sensitivity: True positive rate at ``threshold``; None without positives.
+        specificity: True negative rate at ``threshold``; None without negatives.
         probabilities: Predicted probabilities, in loader order.
         labels: True labels (0/1), in loader order.
         at_prevalence: The same threshold metrics at the prevalence-matched threshold.
+        threshold: The operating point of the reported metrics (:data:`DECISION_THRESHOLD` by default).
     """
 
     num_samples: int
@@ -148,6 +150,7 @@ class EvalStats:
     probabilities: np.ndarray
     labels: np.ndarray
     at_prevalence: BinaryMetrics | None
+    threshold: float = DECISION_THRESHOLD
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -322,18 +325,19 @@ def _prevalence_threshold(labels: np.ndarray, scores: np.ndarray) -> float | Non
     return float(np.sort(scores)[::-1][n_pos - 1])
 
 
-def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]]) -> EvalStats:
-    """Evaluate on the model's current device; metrics at threshold 0.5 (see :class:`EvalStats`)."""
+def evaluate(model: nn.Module, loader: Iterable[Mapping[str, Any]],
+             threshold: float = DECISION_THRESHOLD) -> EvalStats:
+    """Evaluate on the model's current device; threshold metrics at ``threshold`` (see :class:`EvalStats`)."""
     logits, label_t = _logits_and_labels(model, loader)
     probs, labels = torch.sigmoid(logits).numpy(), label_t.round().long().numpy()
     if probs.size == 0:
-        return EvalStats(0, math.nan, None, None, None, None, probs, labels, None)
+        return EvalStats(0, math.nan, None, None, None, None, probs, labels, None, threshold)
     # From logits, not probabilities: stays finite and exact for confident predictions.
     loss = float(nn.functional.binary_cross_entropy_with_logits(logits, label_t))
-    main = binary_metrics(labels, probs, DECISION_THRESHOLD)
+    main = binary_metrics(labels, probs, threshold)
     prev_t = _prevalence_threshold(labels, probs)
     at_prev = binary_metrics(labels, probs, prev_t) if prev_t is not None else None
     return EvalStats(num_samples=int(probs.size), loss=loss, auroc=roc_auc(labels, probs),
                      balanced_accuracy=main.balanced_accuracy, sensitivity=main.sensitivity,
                      specificity=main.specificity, probabilities=probs, labels=labels,
-                     at_prevalence=at_prev)
+                     at_prevalence=at_prev, threshold=threshold)

@@ -102,7 +102,8 @@ def demo(
     console.print(_rounds(result.report_json))
     console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png "
                   f"(or: fl-server serve --run {result.report_json.parent})")
-    console.print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    stages = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.stage_seconds.items())
+    console.print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min ({stages})")
 
 
 @app.command()

@@ -7,6 +7,7 @@ with FedAvg, write the reports.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ class DemoResult:
     out: Path
     ingest_reports: dict[str, IngestReport]
     report_json: Path
+    stage_seconds: dict[str, float]  # wall time of synthesis, ingest (all sites) and federation
 
 
 def quiet_flower_env() -> None:
@@ -93,14 +95,18 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
 
     out.mkdir(parents=True, exist_ok=True)
     synth_dir = out / "sites"
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
     written = synthesize_consortium(synth_dir, sites, patients, seed,
                                     (lambda d, i, n: progress(f"synth {d}", i, n)) if progress else None)
+    seconds["synthesis"] = time.perf_counter() - t0
     reports: dict[str, IngestReport] = {}
     for s in written:
         site = load_site_config(s.site_config)
         site_progress = (lambda d, i, n, sid=s.site_id: progress(f"ingest {sid}: {d}", i, n)) if progress else None
         reports[s.site_id] = ingest_folder(s.raw_dir, site.store_path(), site, progress=site_progress)
         reports[s.site_id].write(s.folder / "ingest_report.json")
+    seconds["ingest"] = time.perf_counter() - t0 - seconds["synthesis"]
     run_out = out / "run"
     run_overrides = f"seed={seed} {overrides}" if rounds is None else f"federation.rounds={rounds} seed={seed} {overrides}"
     if rounds is None:
@@ -117,4 +123,5 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
 
     run_simulation(server_app=server_app, client_app=build_client_app(synth_dir / "consortium.json"),
                    num_supernodes=sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    return DemoResult(out, reports, run_out / "report.json")
+    seconds["federation"] = time.perf_counter() - t0 - seconds["synthesis"] - seconds["ingest"]
+    return DemoResult(out, reports, run_out / "report.json", seconds)

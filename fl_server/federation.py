@@ -34,7 +34,7 @@ from cohort.protocol import (
 )
 from cohort.spec.load import parse_spec
 from fl_server.agreement import AgreementRule, SiteAnswer
-from fl_server.config import compose_config
+from fl_server.config import compose_run_config
 from fl_server.norm_round import consortium_norm_stats
 from fl_server.report import RunReport, write_reports
 from fl_server.secure_counts import agree_with_totals
@@ -122,7 +122,7 @@ def _model_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
 def run_federation(grid: Grid, settings: RunSettings) -> RunReport:
     """The whole coordinator side of one run; writes the reports into ``settings.out_dir``."""
     out = Path(settings.out_dir)
-    cfg = compose_config(settings.cohort, settings.overrides)
+    cfg = compose_run_config(settings.cohort, settings.overrides)
     spec = parse_spec(cfg["cohort"])
     spec_json = spec.to_dict()
     fed = cfg["federation"]

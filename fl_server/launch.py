@@ -30,7 +30,7 @@ from typing import Any
 
 from cohort.errors import CohortError, ConfigError
 from cohort.protocol import FLOWER_ENV_DEFAULTS
-from fl_server.config import CONFIG_DIR, compose_config
+from fl_server.config import CONFIG_DIR, compose_run_config
 
 PROJECT_ROOT = CONFIG_DIR.parent  # the Flower app: pyproject.toml with [tool.flwr.app]
 RUN_OK = "finished:completed"
@@ -183,7 +183,7 @@ def launch(settings: LaunchSettings, echo: Callable[[str], None] = print,
            project_root: Path = PROJECT_ROOT) -> LaunchResult:
     """Submit the run, stream its logs until it ends, and return its status and report location."""
     cohort = resolve_cohort(settings.cohort)
-    compose_config(cohort, settings.overrides)  # fail here on a bad override, not on the SuperLink
+    compose_run_config(cohort, settings.overrides)  # fail here on a bad setting, not on the SuperLink
     out_dir = (settings.out_dir or Path("fl-out") / cohort).resolve()
     env = flower_environment()
     conn = ensure_connection(settings.connection, root_certificates=settings.root_certificates,

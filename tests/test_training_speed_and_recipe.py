@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -329,3 +330,68 @@ def test_class_weight_setting_picks_the_positive_weight() -> None:
     assert weight("none") == 1.0  # unweighted: base rates between sites survive averaging
     with pytest.raises(ConfigError, match="class_weight"):
         weight("balanced-ish")
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("training.class_weight=balanced", "training.class_weight"),
+    ("training.loss=hinge", "loss='hinge'"),
+    ("training.normalization=global", "training.normalization"),
+    ("training.ecg_scaling=minmax", "ecg_scaling='minmax'"),
+    ("training.val_fraction=1.5", "val_fraction"),
+    ("model.ecg_kernel=4", "ecg_kernel"),
+    ("federation.strategy=fedsgd", "federation.strategy"),
+])
+def test_the_coordinator_refuses_a_bad_training_setting_before_any_message(override: str, named: str,
+                                                                         tmp_path: Path) -> None:
+    from fl_server.config import compose_run_config
+    from fl_server.federation import RunSettings, run_federation
+
+    cfg = compose_run_config(None, "")  # the defaults pass
+    assert cfg["training"]["class_weight"] in ("site", "none")
+
+    class NoMessages:  # any message sent would mean the run got past the check
+        def get_node_ids(self):  # type: ignore[no-untyped-def]
+            raise AssertionError("the coordinator contacted the grid before checking its settings")
+
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            raise AssertionError("the coordinator sent a message before checking its settings")
+
+    settings = RunSettings(overrides=override, out_dir=str(tmp_path), expected_sites=1, wait_s=1)
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        run_federation(NoMessages(), settings)  # type: ignore[arg-type]
+
+
+def test_threshold_metrics_are_taken_where_both_classes_weigh_the_same() -> None:
+    from fl_client.data import DatalistEntry
+    from fl_client.local import TrainingSettings
+
+    entries = [DatalistEntry(patient=f"p{i}", label=int(i < 2), ct=None, ecg=None, tabular=())
+               for i in range(10)]
+
+    def threshold(mode: str) -> float:
+        return TrainingSettings(model={}, training={"class_weight": mode}).decision_threshold(entries)
+
+    assert threshold("site") == pytest.approx(0.5)  # pos_weight already balances the classes
+    assert threshold("none") == pytest.approx(0.2)  # unweighted: the training split's prevalence
+    one_class = entries[2:]
+    assert TrainingSettings(model={}, training={"class_weight": "none"}).decision_threshold(one_class) == 0.5
+
+    # An unweighted model that ranks perfectly but never reaches 0.5 still scores as it ranks.
+    from fl_client import transforms as t
+    from fl_client.train import evaluate
+
+    class Fixed(torch.nn.Module):  # returns the logits it is given as the first tabular feature
+        def __init__(self) -> None:
+            super().__init__()
+            self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+            return inputs[t.TABULAR_KEY][:, 0]
+
+    logits = torch.logit(torch.tensor([0.05] * 8 + [0.3] * 2))
+    batch = {k: torch.zeros(10, 1) for k in (t.CT_KEY, t.ECG_KEY, t.TABULAR_MISSING_KEY, t.CT_PRESENT_KEY,
+                                              t.ECG_PRESENT_KEY)}
+    batch |= {t.TABULAR_KEY: logits[:, None], t.LABEL_KEY: torch.tensor([0.0] * 8 + [1.0] * 2)}
+    assert evaluate(Fixed(), [batch]).balanced_accuracy == pytest.approx(0.5)
+    at_prevalence = evaluate(Fixed(), [batch], threshold=threshold("none"))
+    assert (at_prevalence.balanced_accuracy, at_prevalence.threshold) == pytest.approx((1.0, 0.2))

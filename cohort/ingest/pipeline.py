@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import signal
@@ -49,6 +48,7 @@ from cohort.ingest.report import (
     QuarantinedInput,
     RejectedPartEntry,
 )
+from cohort.processes import usable_cores, worker_context
 from cohort.siteconfig import SiteConfig
 from cohort.store import Store
 
@@ -122,10 +122,7 @@ def default_workers() -> int:
         except ValueError:
             raise ConfigError(f"{WORKERS_ENV}={env!r} is not a whole number; set it to e.g. 1 or 4") from None
         return max(1, n)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _digest_and_head(path: Path) -> tuple[str, InputHead]:
@@ -349,9 +346,7 @@ class IngestRun:
         todo = [x for x in inputs if self._needs_conversion(x)]
         pool = None
         if self.workers > 1 and len(todo) >= _MIN_POOL_INPUTS:
-            ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                              else None)
-            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+            pool = ProcessPoolExecutor(self.workers, mp_context=worker_context(), initializer=_init_worker,
                                        initargs=(os.getpid(), self.raw_dir, self.store.root, self.site,
                                                  self.converters))
             local = None
