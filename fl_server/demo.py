@@ -108,10 +108,10 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
         reports[s.site_id].write(s.folder / "ingest_report.json")
     seconds["ingest"] = time.perf_counter() - t0 - seconds["synthesis"]
     run_out = out / "run"
-    run_overrides = f"seed={seed} {overrides}" if rounds is None else f"federation.rounds={rounds} seed={seed} {overrides}"
-    if rounds is None:
-        rounds = int(compose_config(None, run_overrides)["federation"]["rounds"])
-    settings = RunSettings(overrides=run_overrides.strip(),
+    run_overrides = " ".join(x for x in ("" if rounds is None else f"federation.rounds={rounds}", f"seed={seed}",
+                                         overrides) if x)
+    rounds = int(compose_config(None, run_overrides)["federation"]["rounds"])  # for the progress bars
+    settings = RunSettings(overrides=run_overrides,
                            out_dir=str(run_out), expected_sites=sites, wait_s=120)
     server_app = build_server_app(settings)
     if progress is not None:
