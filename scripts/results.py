@@ -47,6 +47,9 @@ TEST_SEED = 20240601  # fixes the held-out test split, independent of the traini
 TEST_FRACTION = 0.25
 SUBSET = "labelled"
 CT_MAX_MM = 1.5  # the mission spec asks for <= 1.0 mm; the synthetic site uni-ost exports 1.5 mm CT only
+# Test predictions kept per training seed; "+b": the same model with each site's own intercept
+# (fl_client.calibration, fitted on the site's training split; local-only models are site-specific already).
+APPROACHES = ("local", "fedavg", "other", "pooled", "fedavg+b", "other+b", "pooled+b")
 CANDIDATES = {
     "fedprox": "federation.strategy=fedprox federation.proximal_mu=0.01",
     "fedadam": "federation.strategy=fedadam federation.server_lr=0.01",
@@ -232,7 +235,9 @@ def train_best(train_pieces: list[tuple[SiteData, list[Any]]], val_pieces: list[
     return best[2], best[1]
 
 
-def predict(weights: list[np.ndarray], sd: SiteData, settings: Any, stats: Any) -> tuple[list[int], list[float]]:
+def predict(weights: list[np.ndarray], sd: SiteData, settings: Any, stats: Any,
+            entries: list[Any] | None = None) -> tuple[list[int], list[float]]:
+    """The model's probabilities for ``entries`` of one site (its test split by default)."""
     import torch
 
     from fl_client.data import make_loader
@@ -242,8 +247,19 @@ def predict(weights: list[np.ndarray], sd: SiteData, settings: Any, stats: Any) 
     model = MultiModalNet(settings.model_config())
     set_weights(model, weights)
     with torch.no_grad():
-        probs, labels = model_predict(model, make_loader(_dataset([(sd, sd.test)], settings, stats), 64))
+        probs, labels = model_predict(model, make_loader(_dataset([(sd, sd.test if entries is None else entries)],
+                                                                  settings, stats), 64))
     return [int(x) for x in labels], [float(x) for x in probs]
+
+
+def with_site_intercept(weights: list[np.ndarray], sd: SiteData, train: list[Any], settings: Any, stats: Any,
+                        test: tuple[list[int], list[float]]) -> tuple[list[int], list[float]]:
+    """Test predictions shifted by the site's own intercept, fitted on its training split (as a site does)."""
+    from fl_client.calibration import apply_site_intercept, fit_site_intercept
+
+    labels, probs = predict(weights, sd, settings, stats, train)
+    b = fit_site_intercept(np.asarray(probs), np.asarray(labels))
+    return test[0], [float(x) for x in apply_site_intercept(np.asarray(test[1]), b)]
 
 
 def run_federations(sites_dir: Path, work: Path, runs: dict[str, str], n_sites: int) -> dict[str, Any]:
@@ -260,10 +276,10 @@ def run_federations(sites_dir: Path, work: Path, runs: dict[str, str], n_sites: 
     os.environ["FLWR_HOME"] = str(work / "flwr-home")
     settings = {}
     for name, overrides in runs.items():
-        out = work / "runs" / name
-        if out.exists():
-            shutil.rmtree(out)
-        settings[name] = RunSettings(overrides=overrides, out_dir=str(out), expected_sites=n_sites, wait_s=120)
+        run_dir = work / "runs" / name
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        settings[name] = RunSettings(overrides=overrides, out_dir=str(run_dir), expected_sites=n_sites, wait_s=120)
     app = ServerApp()
 
     @app.main()
@@ -274,7 +290,7 @@ def run_federations(sites_dir: Path, work: Path, runs: dict[str, str], n_sites: 
 
     run_simulation(server_app=app, client_app=build_client_app(sites_dir / "consortium.json"),
                    num_supernodes=n_sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    out = {}
+    out: dict[str, Any] = {}
     for name, s in settings.items():
         report = json.loads((Path(s.out_dir) / "report.json").read_text())
         with np.load(Path(s.out_dir) / "final_model.npz") as npz:
@@ -349,7 +365,7 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
         splits = {s.site_id: _split(s, settings) for s in sites}
         site_moments = {s.site_id: _moments(s, splits[s.site_id][0], settings) for s in sites}
         pooled_stats = _stats(list(site_moments.values()))
-        preds: dict[str, dict[str, Any]] = {k: {} for k in ("local", "fedavg", "other", "pooled")}
+        preds: dict[str, dict[str, Any]] = {k: {} for k in APPROACHES}
         best_rounds: dict[str, Any] = {"local": {}}
         for s in sites:
             st = _stats([site_moments[s.site_id]])
@@ -361,6 +377,8 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
                                               rounds, init)
         for s in sites:
             preds["pooled"][s.site_id] = predict(w, s, settings, pooled_stats)
+            preds["pooled+b"][s.site_id] = with_site_intercept(w, s, splits[s.site_id][0], settings, pooled_stats,
+                                                               preds["pooled"][s.site_id])
         for key in ("fedavg", "other"):
             report, weights = fed[f"{key}-s{seed}"]
             _check_federation(key, report, {sid: sp[0] for sid, sp in splits.items()})
@@ -370,6 +388,8 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
             best_rounds[key] = report["training"]["best_round"]
             for s in sites:
                 preds[key][s.site_id] = predict(weights, s, settings, stats)
+                preds[f"{key}+b"][s.site_id] = with_site_intercept(weights, s, splits[s.site_id][0], settings, stats,
+                                                                   preds[key][s.site_id])
         out["runs"][str(seed)] = {"predictions": preds, "best_rounds": best_rounds}
         log(f"data seed {data_seed}, seed {seed}: local + pooled + predictions ({time.time() - t0:.0f} s)")
     out["minutes"] = (time.time() - t_start) / 60  # synth + ingest (when not reused) + every approach

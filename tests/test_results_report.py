@@ -62,7 +62,24 @@ def test_known_aurocs_give_the_table_the_intervals_and_the_target_verdicts(repor
     assert "6 rounds x 1 local epochs (6 epochs for every approach" in text
     assert ("- FedAvg: all 1.000 vs pooled 1.000: met; small-site 1.000 vs local 0.000: met; "
             "big-site 1.000 vs local 0.000: met.") in text
-    assert "- fedyogi: all 0.500 vs pooled 1.000: NOT met" in text
+    assert "- other strategy: fedyogi: all 0.500 vs pooled 1.000: NOT met" in text
+    assert "site intercept" not in text.split("## Preset")[1]  # results written before the intercept: no such row
     assert "chosen by federated validation AUROC (data seed 0, training seed 0) among: fedprox 0.700, fedyogi 0.800" in text
     for png in ("results-small.png", "calibration-small.png"):
         assert (img / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_site_intercept_rows_and_their_target_verdicts_are_reported(report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    doc = _doc({"local": "wrong", "fedavg": "flat", "other": "flat", "pooled": "right", "fedavg+b": "right",
+                "other+b": "flat", "pooled+b": "right"})
+    rows = report.table(doc)
+    assert rows["fedavg+b"][report.ALL_COL].estimate == pytest.approx(1.0)
+    json_dir, md = tmp_path / "json", tmp_path / "results.md"
+    json_dir.mkdir()
+    (json_dir / "small.json").write_text(json.dumps(doc), encoding="utf-8")
+    report.render(json_dir, md, tmp_path / "img")
+    text = md.read_text(encoding="utf-8")
+    assert "| FedAvg + site intercept | 1.000" in text
+    assert "| other strategy: fedyogi + site intercept | 0.500" in text
+    assert "- FedAvg + site intercept: all 1.000 vs pooled 1.000: met;" in text
+    assert "- FedAvg: all 0.500 vs pooled 1.000: NOT met;" in text

@@ -37,6 +37,7 @@ from cohort.index.schema import (
     written_columns,
 )
 from cohort.index.templates import SR_VALUE_TYPES, TemplateConfig, load_templates, template_for_title
+from cohort.processes import worker_context
 
 INDEX_FILE = "index.duckdb"
 STORE_TEMPLATE_DIR = "templates"
@@ -532,7 +533,7 @@ def _extract_many(paths: list[Path], dirs: tuple[str | Path, ...], workers: int
         results: Iterable[tuple[Extracted | None, str | None]] = map(_extract_one, args)
         yield from ((p, *r) for p, r in zip(paths, results, strict=True))
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
         for p, r in zip(paths, pool.map(_extract_one, args, chunksize=32), strict=True):
             yield (p, *r)
 
