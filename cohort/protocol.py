@@ -10,6 +10,7 @@ from typing import Final
 # Message actions (Flower message types are "<kind>.<action>").
 QUERY_ACTION: Final = "cohort"
 MOMENTS_ACTION: Final = "moments"  # normalisation moments of the training split, before round 1
+FINAL_MODEL_ACTION: Final = "final_model"  # the kept model to every training site, after the last round
 
 # ConfigRecord keys sent by the server.
 CONFIG_RECORD: Final = "config"
@@ -23,9 +24,12 @@ KEY_TRAINING_JSON: Final = "training-json"  # resolved model + training settings
 KEY_SERVER_ROUND: Final = "server-round"
 KEY_NORM_STATS_JSON: Final = "norm-stats-json"  # consortium-wide means/stds (training, evaluation)
 KEY_PROXIMAL_MU: Final = "proximal-mu"  # set by Flower's FedProx in the train config
+KEY_SITE_CALIBRATION: Final = "site-calibration"  # final model: "intercept" or "none" (federation.site_calibration)
 
 # Keys of a client's moments reply (ConfigRecord "answer", with site-id, status, reason).
 KEY_MOMENTS_JSON: Final = "moments-json"
+# Key of a client's final-model reply: the digest of the weights it stored (fl_client.final_model).
+KEY_MODEL_DIGEST: Final = "model-digest"
 
 # Keys of a client's query reply (ConfigRecord "answer").
 ANSWER_RECORD: Final = "answer"

@@ -1,7 +1,8 @@
 """The Flower ClientApp: cohort queries, local training and evaluation at one site.
 
-What leaves the site: released counts (after the site's disclosure policy), model weights, and
-metrics with the number of samples. Never identifiers, rows or raw values.
+What leaves the site: released counts (after the site's disclosure policy), model weights, metrics
+with the number of samples, and the digest of the final model it stored. Never identifiers, rows or
+raw values.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from cohort.protocol import (
     ANSWER_RECORD,
     ARRAYS_RECORD,
     CONFIG_RECORD,
+    FINAL_MODEL_ACTION,
+    KEY_MODEL_DIGEST,
     KEY_MOMENTS_JSON,
     KEY_NORM_STATS_JSON,
     KEY_PROXIMAL_MU,
@@ -26,6 +29,7 @@ from cohort.protocol import (
     KEY_REQUEST_ID,
     KEY_REQUESTED_MIN_CELL,
     KEY_SERVER_ROUND,
+    KEY_SITE_CALIBRATION,
     KEY_SITE_ID,
     KEY_SPEC_JSON,
     KEY_STATUS,
@@ -91,6 +95,17 @@ def build_client_app(consortium: Path | None = None) -> ClientApp:
         answer = answer_moments(site, json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
                                 str(cfg[KEY_TRAINING_JSON]), str(cfg.get(KEY_REQUEST_ID, "")), requested)
         return _answer(msg, answer.site_id, answer.status, answer.reason, KEY_MOMENTS_JSON, answer.moments_json)
+
+    @app.query(FINAL_MODEL_ACTION)
+    def final_model(msg: Message, context: Context) -> Message:
+        from fl_client.final_model import store_final_model
+
+        cfg = msg.content[CONFIG_RECORD]
+        answer = store_final_model(site_of(context), json.loads(str(cfg[KEY_SPEC_JSON])), str(cfg[KEY_SUBSET]),
+                                   str(cfg[KEY_TRAINING_JSON]), msg.content.array_records[ARRAYS_RECORD].to_numpy_ndarrays(),
+                                   str(cfg[KEY_NORM_STATS_JSON]) if cfg.get(KEY_NORM_STATS_JSON) else None,
+                                   str(cfg[KEY_SITE_CALIBRATION]), str(cfg.get(KEY_REQUEST_ID, "")))
+        return _answer(msg, answer.site_id, answer.status, answer.reason, KEY_MODEL_DIGEST, answer.digest)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -33,7 +33,7 @@ from fl_client.data import (
 )
 from fl_client.model import ModelConfig, MultiModalNet, get_weights, set_weights
 from fl_client.normalization import NormStats, SiteMoments
-from fl_client.train import DECISION_THRESHOLD, EvalStats, TrainConfig, TrainStats, evaluate, train
+from fl_client.train import DECISION_THRESHOLD, EvalStats, TrainConfig, TrainStats, evaluate, predict, train
 from fl_client.transforms import PreprocessConfig
 
 CLASS_WEIGHTS = ("site", "none")
@@ -201,6 +201,17 @@ def validate(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings:
     with torch.no_grad():
         return evaluate(model, make_loader(val_ds, settings.train_config().batch_size),
                         threshold=settings.decision_threshold(train_entries))
+
+
+def training_split_predictions(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings,
+                               weights: list[np.ndarray], stats: NormStats | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The model's probabilities and the labels on this site's training split (for its own intercept)."""
+    data_cfg = settings.data_config()
+    _, train_ds, _ = _round_datasets(export_dir(site, spec_json, subset), data_cfg, stats)
+    model = MultiModalNet(settings.model_config())
+    set_weights(model, weights)
+    with torch.no_grad():
+        return predict(model, make_loader(train_ds, settings.train_config().batch_size))
 
 
 def moments(site: SiteConfig, spec_json: dict[str, Any], subset: str, settings: TrainingSettings) -> SiteMoments:

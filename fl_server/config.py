@@ -44,14 +44,16 @@ def compose_config(cohort: str | None = None, overrides: str | list[str] = "",
 def compose_run_config(cohort: str | None = None, overrides: str | list[str] = "") -> dict[str, Any]:
     """``compose_config`` plus the settings a run would otherwise only trip over later, checked now.
 
-    The training and model settings every site will use (``fl_client.local.TrainingSettings.check``) and
-    the federation strategy (``fl_server.strategy.StrategySettings``) fail here, on the coordinator, before
-    any message goes out, not at every site in round 1.
+    The training and model settings every site will use (``fl_client.local.TrainingSettings.check``),
+    the federation strategy (``fl_server.strategy.StrategySettings``) and ``federation.site_calibration``
+    fail here, on the coordinator, before any message goes out, not at every site in round 1.
     """
+    from fl_client.final_model import check_site_calibration
     from fl_client.local import TrainingSettings  # torch and MONAI: loaded only when a run is checked
     from fl_server.strategy import StrategySettings
 
     cfg = compose_config(cohort, overrides)
     TrainingSettings(model=cfg["model"], training=cfg["training"], seed=int(cfg["seed"])).check()
     StrategySettings.from_config(cfg["federation"])
+    check_site_calibration(str(cfg["federation"].get("site_calibration")))
     return cfg

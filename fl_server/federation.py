@@ -35,6 +35,7 @@ from cohort.protocol import (
 from cohort.spec.load import parse_spec
 from fl_server.agreement import AgreementRule, SiteAnswer
 from fl_server.config import compose_run_config
+from fl_server.final_model_round import STORED, deliver_final_model
 from fl_server.norm_round import consortium_norm_stats
 from fl_server.report import RunReport, write_reports
 from fl_server.secure_counts import agree_with_totals
@@ -183,6 +184,13 @@ def run_federation(grid: Grid, settings: RunSettings) -> RunReport:
     state = final.to_numpy_ndarrays() if final is not None else []
     np.savez(weights_path, *state)
     report.final_weights = weights_path.name
+    if state:
+        calibration = str(fed["site_calibration"])
+        log(INFO, "final model: sending it to %d sites (site_calibration=%s)", len(participants), calibration)
+        delivered = deliver_final_model(grid, participants, state, train_cfg, calibration, float(fed["train_timeout_s"]))
+        report.training.update({"site_calibration": calibration, "final_model_sites": delivered})
+        report.training_errors += [{"round": "final", "phase": "final model", "site": site, "reason": d["reason"]}
+                                   for site, d in sorted(delivered.items()) if d["status"] != STORED]
     write_reports(report, out)
     return report
 

@@ -1,7 +1,8 @@
 """Every selectable strategy runs two rounds on Flower's simulation engine, after the moments round.
 
 One simulation runs the project's ServerApp four times (fedavg, fedprox, fedadam, fedyogi) against the
-project's ClientApp on three tiny synthetic sites, with consortium-wide normalisation statistics.
+project's ClientApp on three tiny synthetic sites, with consortium-wide normalisation statistics; after
+each run every site stores the kept model (with its own intercept, except in the fedyogi run).
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cohort.protocol import MOMENTS_ACTION
+from cohort.protocol import (
+    ANSWER_RECORD,
+    FINAL_MODEL_ACTION,
+    KEY_MODEL_DIGEST,
+    KEY_SITE_ID,
+    KEY_STATUS,
+    MOMENTS_ACTION,
+)
 from fl_server.report import REPORT_JSON
 from tests.federation_sites import (
     build_consortium,
@@ -31,7 +39,7 @@ RUNS = {
     "fedavg": "federation.strategy=fedavg",
     "fedprox": "federation.strategy=fedprox federation.proximal_mu=1.0",
     "fedadam": "federation.strategy=fedadam federation.server_lr=0.01",
-    "fedyogi": "federation.strategy=fedyogi federation.server_lr=0.01",
+    "fedyogi": "federation.strategy=fedyogi federation.server_lr=0.01 federation.site_calibration=none",
 }
 
 
@@ -95,3 +103,40 @@ def test_moments_round_feeds_consortium_statistics_without_patient_data(runs) ->
             assert value not in text
 
 
+
+
+def test_every_site_stores_the_kept_model_with_its_own_intercept_and_only_a_digest_comes_back(runs) -> None:  # type: ignore[no-untyped-def]
+    from fl_client.calibration import fit_site_intercept
+    from fl_client.final_model import CARD_FILE, MODEL_FILE, model_digest, site_model_dir
+    from fl_client.local import TrainingSettings, training_split_predictions
+    from fl_client.normalization import NormStats
+
+    c, reports, weights, payloads = runs
+    for name, calibration in (("fedavg", "intercept"), ("fedyogi", "none")):
+        report = reports[name]
+        digest = model_digest(weights[name])
+        agreed = report["agreement"]["participating_sites"]
+        assert report["training"]["site_calibration"] == calibration
+        assert report["training"]["final_model_sites"] == {s: {"status": "stored", "reason": None} for s in agreed}
+        cfg = report["config"]
+        settings = TrainingSettings(model=cfg["model"], training=cfg["training"], seed=int(cfg["seed"]))
+        stats = NormStats.from_json(json.dumps(report["training"]["norm_stats"]))
+        for i in range(c.n_sites):
+            site = c.site(i)
+            folder = site_model_dir(site, digest)
+            card = json.loads((folder / CARD_FILE).read_text())
+            with np.load(folder / MODEL_FILE) as npz:
+                assert model_digest([npz[f"arr_{k}"] for k in range(len(npz.files))]) == digest == card["digest"]
+            assert card["norm_stats"] == report["training"]["norm_stats"]
+            if calibration == "none":
+                assert card["site_intercept"] is None
+                continue
+            probs, labels = training_split_predictions(site, report["spec"], report["agreement"]["rule"]["subset"],
+                                                       settings, weights[name], stats)
+            assert card["site_intercept"] == pytest.approx(fit_site_intercept(probs, labels), abs=1e-9)
+            assert card["intercept_fitted_on"] == {"split": "training", "patients": int(labels.size)}
+            assert repr(card["site_intercept"]) not in json.dumps(report)  # the intercept stays at the site
+    replies = [p for p in payloads if p["type"] == f"query.{FINAL_MODEL_ACTION}"]
+    assert len(replies) == c.n_sites * len(RUNS)
+    for p in replies:
+        assert set(p["records"][ANSWER_RECORD]) == {KEY_SITE_ID, KEY_STATUS, KEY_MODEL_DIGEST}  # type: ignore[index]

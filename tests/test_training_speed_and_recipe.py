@@ -340,6 +340,7 @@ def test_class_weight_setting_picks_the_positive_weight() -> None:
     ("training.val_fraction=1.5", "val_fraction"),
     ("model.ecg_kernel=4", "ecg_kernel"),
     ("federation.strategy=fedsgd", "federation.strategy"),
+    ("federation.site_calibration=platt", "federation.site_calibration"),
 ])
 def test_the_coordinator_refuses_a_bad_training_setting_before_any_message(override: str, named: str,
                                                                          tmp_path: Path) -> None:
