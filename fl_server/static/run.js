@@ -156,6 +156,8 @@ function renderRounds(r) {
   const t = r.training || {};
   const facts = Object.entries(t).filter(([, v]) => v === null || typeof v !== "object").map(([k, v]) => `${k}: ${v}`);
   if (r.final_weights) facts.push(`final weights: ${r.final_weights}`);
+  const delivered = Object.values(t.final_model_sites || {});
+  if (delivered.length) facts.push(`final model stored at ${delivered.filter((d) => d.status === "stored").length} of ${delivered.length} sites`);
   $("#training").textContent = facts.join(" · ");
   const errors = $("#errors");
   errors.replaceChildren(...(r.errors.length ? r.errors.map((e) =>
