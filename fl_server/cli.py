@@ -56,6 +56,19 @@ def _rounds(report_path: Path) -> Table:
     return t
 
 
+def _final(report_path: Path) -> str:
+    """The kept round and where the final model went, in one line."""
+    training = json.loads(report_path.read_text(encoding="utf-8")).get("training", {})
+    auroc = training.get("best_validation_auroc")
+    line = f"kept round {training.get('best_round')} (validation AUROC {'n/a' if auroc is None else f'{auroc:.3f}'})"
+    sites = training.get("final_model_sites") or {}
+    if sites:
+        stored = sum(1 for d in sites.values() if d.get("status") == "stored")
+        line += (f"; final model stored at {stored} of {len(sites)} sites "
+                 f"(site_calibration: {training.get('site_calibration')})")
+    return line
+
+
 @app.command()
 def demo(
     sites: Annotated[int, typer.Option(min=2, help="synthetic sites")] = 4,
@@ -100,6 +113,7 @@ def demo(
         raise CohortError(f"the federation wrote no report at {result.report_json}; see the log above")
     console.print(_summary(result.report_json))
     console.print(_rounds(result.report_json))
+    console.print(_final(result.report_json))
     console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png "
                   f"(or: fl-server serve --run {result.report_json.parent})")
     stages = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.stage_seconds.items())
@@ -137,6 +151,7 @@ def launch(
     if result.report_json.exists():  # visible here when the SuperLink runs on this host
         console.print(_summary(result.report_json))
         console.print(_rounds(result.report_json))
+        console.print(_final(result.report_json))
     console.print(f"reports (on the SuperLink's host): {result.out_dir}/report.json, report.html, "
                   "label_balance.png, metrics.png, final_model.npz")
 

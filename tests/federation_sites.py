@@ -11,11 +11,14 @@ import json
 import logging
 import os
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -202,3 +205,55 @@ def run_recorded_simulation(consortium: Consortium, settings: object, log_file: 
         handler.close()
     assert grids, "the ServerApp never ran"
     return [reply_payload(m) for g in grids for m in g.replies]
+
+
+@pytest.fixture(autouse=True)  # autouse in every test module that imports it
+def coordinator_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages built outside a running ServerApp need Flower's task identity (set by the engine)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+class LocalGrid:
+    """A Grid that hands each message to the real ClientApp in this process (one Context per node).
+
+    ``drop[action]`` names nodes whose messages of that action are lost (the node drops out there).
+    Every reply is kept in ``replies``.
+    """
+
+    def __init__(self, c: Consortium, node_config: dict[str, object] | None = None) -> None:
+        from flwr.app import Context, RecordDict
+
+        from fl_client.client_app import build_client_app
+
+        self.app = build_client_app(c.consortium_json)
+        self.contexts = {7_000_000_000 + 13 * i: Context(
+            run_id=1, node_id=7_000_000_000 + 13 * i, state=RecordDict(), run_config={},
+            node_config={"partition-id": i, "num-partitions": c.n_sites, **(node_config or {})})
+            for i in range(c.n_sites)}
+        self.drop: dict[str, set[int]] = {}
+        self.replies: list[Any] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.contexts)
+
+    def node_of(self, i: int) -> int:
+        return list(self.contexts)[i]
+
+    def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+        from flwr.app import Message, Metadata
+
+        out = []
+        for m in messages:
+            md = m.metadata
+            if md.dst_node_id in self.drop.get(md.message_type, set()):
+                continue
+            msg = Message(content=m.content, metadata=Metadata(
+                run_id=1, message_id=uuid.uuid4().hex, src_node_id=1, dst_node_id=md.dst_node_id,
+                reply_to_message_id="", group_id="", created_at=time.time(), ttl=3600,
+                message_type=md.message_type))
+            out.append(self.app(msg, self.contexts[md.dst_node_id]))
+        self.replies += out
+        return out
