@@ -223,7 +223,7 @@ class LocalGrid:
     Every reply is kept in ``replies``.
     """
 
-    def __init__(self, c: Consortium, node_config: dict[str, object] | None = None) -> None:
+    def __init__(self, c: Consortium, node_config: dict[str, Any] | None = None) -> None:
         from flwr.app import Context, RecordDict
 
         from fl_client.client_app import build_client_app
