@@ -206,6 +206,8 @@ def test_the_view_shows_every_site_and_the_rounds_of_a_finished_run(finished_run
             auroc = report["rounds"][-1].get("aggregated", {}).get("auroc")
             if auroc is not None:
                 assert f"{auroc:.3f}" in page.inner_text('#rounds tr[data-round="2"]')
+            training = page.inner_text("#training")
+            assert "final model stored at 2 of 2 sites" in training and "site_calibration: intercept" in training
             page.wait_for_selector("#chart-balance svg")
             page.wait_for_selector("#chart-metrics svg")
             if os.environ.get("FEDCOHORT_SCREENSHOT_RUN"):
