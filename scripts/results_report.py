@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 from fl_client.evaluation import Interval, Predictions, bootstrap_mean, brier_score, reliability_curve  # noqa: E402
 from fl_client.train import roc_auc  # noqa: E402
 
+# Every approach scripts/results.py keeps test predictions for: key, label, colour. "+b": the same model with
+# each site's own intercept; local-only models are site-specific already and get none.
 APPROACHES = (("local", "local-only", "#bab0ac"), ("fedavg", "FedAvg", "#4c78a8"),
               ("other", "other strategy", "#72b7b2"), ("pooled", "pooled", "#f58518"),
               ("fedavg+b", "FedAvg + site intercept", "#1f3f66"), ("other+b", "other strategy + site intercept", "#3a7d78"),
