@@ -13,26 +13,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from cohort.errors import ConfigError
 from cohort.protocol import (
-    ANSWER_RECORD,
     CONFIG_RECORD,
     KEY_MOMENTS_JSON,
-    KEY_REASON,
     KEY_REQUEST_ID,
     KEY_REQUESTED_MIN_CELL,
-    KEY_SITE_ID,
     KEY_SPEC_JSON,
-    KEY_STATUS,
     KEY_SUBSET,
     KEY_TRAINING_JSON,
     MOMENTS_ACTION,
-    STATUS_ANSWERED,
 )
 from fl_client.normalization import NormStats, SiteMoments, combine, norm_stats
+from fl_server.site_queries import ask_sites
 
 
 @dataclass
@@ -67,22 +63,8 @@ def consortium_norm_stats(grid: Grid, node_sites: dict[int, str], train_cfg: Con
                         KEY_TRAINING_JSON: str(train_cfg[KEY_TRAINING_JSON]), KEY_REQUEST_ID: uuid.uuid4().hex})
     if requested_min_cell is not None:
         cfg[KEY_REQUESTED_MIN_CELL] = int(requested_min_cell)
-    messages = [Message(content=RecordDict({CONFIG_RECORD: cfg}), dst_node_id=n,
-                        message_type=f"query.{MOMENTS_ACTION}") for n in sorted(node_sites)]
-    sites: dict[str, dict[str, Any]] = {s: {"status": "timeout", "reason": f"no answer within {timeout:.0f} s"}
-                                        for s in node_sites.values()}
-    parts = []
-    for msg in grid.send_and_receive(messages, timeout=timeout):
-        site = node_sites.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
-        if msg.has_error():
-            sites[site] = {"status": "error", "reason": msg.error.reason}
-            continue
-        rec = msg.content[ANSWER_RECORD]
-        status = str(rec[KEY_STATUS])
-        sites[str(rec[KEY_SITE_ID])] = {"status": status,
-                                        "reason": str(rec[KEY_REASON]) if rec.get(KEY_REASON) else None}
-        if status == STATUS_ANSWERED:
-            parts.append(SiteMoments.from_json(str(rec[KEY_MOMENTS_JSON])))
+    sites, answered = ask_sites(grid, node_sites, RecordDict({CONFIG_RECORD: cfg}), MOMENTS_ACTION, timeout)
+    parts = [SiteMoments.from_json(str(rec[KEY_MOMENTS_JSON])) for rec in answered.values()]
     if not parts:
         return NormRound(None, sites)
     stats, per_feature, ecg_sites = combine_site_moments(parts)

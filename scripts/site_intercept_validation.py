@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> None:
     import results as R
 
     from cohort.spec.load import parse_spec
-    from fl_client.calibration import apply_site_intercept, fit_site_intercept
     from fl_client.evaluation import Predictions, brier_score
     from fl_client.normalization import NormStats
     from fl_client.train import roc_auc
@@ -56,12 +55,10 @@ def main(argv: list[str] | None = None) -> None:
                 labels, raw, shifted = [], [], []
                 for s in sites:
                     train, val = R._split(s, settings)
-                    train_labels, train_probs = R.predict(weights, s, settings, stats, train)
-                    b = fit_site_intercept(np.asarray(train_probs), np.asarray(train_labels))
                     y, probs = R.predict(weights, s, settings, stats, val)
                     labels += y
                     raw += probs
-                    shifted += list(apply_site_intercept(np.asarray(probs), b))
+                    shifted += R.with_site_intercept(weights, s, train, settings, stats, (y, probs))[1]
                 y_all = np.asarray(labels, dtype=np.float64)
                 before, after = Predictions(y_all, np.asarray(raw)), Predictions(y_all, np.asarray(shifted))
                 row = (roc_auc(y_all, before.probs), roc_auc(y_all, after.probs), brier_score(before),
