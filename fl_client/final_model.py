@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from cohort.disclosure import audit
 from cohort.errors import CohortError, ConfigError
 from cohort.protocol import STATUS_ANSWERED, STATUS_ERROR
+from cohort.release.disclosure import audit
 from cohort.siteconfig import SiteConfig
 
 SITE_CALIBRATIONS = ("intercept", "none")

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cohort.disclosure import audit, effective_min_cell
 from cohort.errors import CohortError
 from cohort.protocol import STATUS_ANSWERED, STATUS_ERROR, STATUS_REFUSED
+from cohort.release.disclosure import audit, effective_min_cell
 from cohort.siteconfig import SiteConfig
 from fl_client.normalization import release_moments
 

@@ -42,10 +42,10 @@ from flwr.supercore.primitives.asymmetric import (
     public_key_to_bytes,
 )
 
-from cohort.consortium import CountLayout, site_vector
-from cohort.disclosure import audit, effective_min_cell, spec_hash
+from cohort.release.consortium import CountLayout, site_vector
+from cohort.release.disclosure import audit, effective_min_cell, spec_hash
 from cohort.errors import CohortError, DisclosureError
-from cohort.privacy_budget import PrivacyLedger, differencing_risk
+from cohort.release.ledger import PrivacyLedger, differencing_risk
 from cohort.protocol import (
     KEY_ACTIVE_NODES,
     KEY_CIPHERTEXTS,
@@ -84,7 +84,7 @@ from cohort.protocol import (
 from cohort.secure_masks import MOD_RANGE, add_mod, mask
 from cohort.siteconfig import SiteConfig
 from cohort.spec.privacy import IdentifyingRequestError
-from fl_client.query import DEFAULT_ACCOUNT, checked_spec, local_counts
+from cohort.release.gate import DEFAULT_ACCOUNT, checked_spec, local_counts
 
 State = dict[str, Any]  # what a ConfigRecord can hold: str, int, bytes and lists of them
 Reply = dict[str, Any]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cohort.consortium import ConsortiumTotals
-from cohort.disclosure import ReleasedCounts
 from cohort.protocol import STATUS_ANSWERED
+from cohort.release.consortium import ConsortiumTotals
+from cohort.release.disclosure import ReleasedCounts
 
 
 @dataclass(frozen=True)

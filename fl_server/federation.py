@@ -15,7 +15,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from cohort.disclosure import ReleasedCounts
 from cohort.protocol import (
     ANSWER_RECORD,
     CONFIG_RECORD,
@@ -32,6 +31,7 @@ from cohort.protocol import (
     QUERY_ACTION,
     STATUS_ERROR,
 )
+from cohort.release.disclosure import ReleasedCounts
 from cohort.spec.load import parse_spec
 from fl_server.agreement import AgreementRule, SiteAnswer
 from fl_server.config import compose_run_config

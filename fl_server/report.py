@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from cohort.consortium import ConsortiumTotals  # noqa: E402
+from cohort.release.consortium import ConsortiumTotals  # noqa: E402
 from fl_server.agreement import Agreement, SiteAnswer  # noqa: E402
 
 REPORT_JSON = "report.json"

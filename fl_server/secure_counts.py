@@ -29,7 +29,7 @@ from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from cohort.consortium import STATUS_WITHHELD, ConsortiumTotals, CountLayout, decode, release_totals
+from cohort.release.consortium import STATUS_WITHHELD, ConsortiumTotals, CountLayout, decode, release_totals
 from cohort.errors import CohortError
 from cohort.protocol import (
     KEY_ACTIVE_NODES,

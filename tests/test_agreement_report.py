@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cohort.consortium import ConsortiumTotals
-from cohort.disclosure import ReleasedCounts
 from cohort.protocol import STATUS_ANSWERED, STATUS_ERROR, STATUS_REFUSED
+from cohort.release.consortium import ConsortiumTotals
+from cohort.release.disclosure import ReleasedCounts
 from fl_server.agreement import Agreement, AgreementRule, SiteAnswer, agree, apply_totals
 from fl_server.federation import STATUS_TIMEOUT
 from fl_server.report import (

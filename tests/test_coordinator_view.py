@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from cohort.disclosure import ReleasedCounts
+from cohort.release.disclosure import ReleasedCounts
 from fl_server.agreement import AgreementRule, SiteAnswer, agree
 from fl_server.report import REPORT_JSON, RunReport, write_atomic, write_reports
 from fl_server.serve import make_server, summarize_run

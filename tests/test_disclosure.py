@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cohort.disclosure import IDENTIFYING_FIELDS, audit, effective_min_cell, release
 from cohort.errors import DisclosureError
+from cohort.release.disclosure import IDENTIFYING_FIELDS, audit, effective_min_cell, release
 from cohort.results import Bin, CohortCounts, Distribution, SubsetCounts
 from cohort.siteconfig import DisclosurePolicy
 
@@ -73,11 +73,19 @@ def test_rounding_rounds_up_to_a_multiple():
     assert out.subsets["CT"] == 45
 
 
-def test_noise_is_seeded_and_never_negative():
-    policy = DisclosurePolicy(min_cell_size=10, noise_scale=2.0, rounding=1)
-    a = release(_counts(CT=(50, 10, 40, 0)), policy, seed=1)
-    b = release(_counts(CT=(50, 10, 40, 0)), policy, seed=1)
-    assert a.subsets == b.subsets and a.subsets["CT"] is not None and a.subsets["CT"] >= 0
+def test_noise_comes_from_the_cell_source_and_never_goes_below_the_minimum():
+    import numpy as np
+
+    policy = DisclosurePolicy(min_cell_size=10, noise_scale=50.0, rounding=1)
+    def source(key):  # one generator per cell, as the gate derives it from the cell's patient set
+        return np.random.default_rng(abs(hash(key)) % 2**32)
+    a = release(_counts(CT=(50, 10, 40, 0)), policy, noise=source)
+    b = release(_counts(CT=(50, 10, 40, 0)), policy, noise=source)
+    assert a.subsets == b.subsets and a.labels == b.labels
+    assert all(v is None or v >= 10 for v in [a.subsets["CT"], *a.labels["CT"].values()])
+    # Without a source every call draws fresh noise (never a fixed seed shared by all questions).
+    draws = {release(_counts(CT=(50, 10, 40, 0)), policy).subsets["CT"] for _ in range(8)}
+    assert len(draws) > 1
 
 
 @pytest.mark.parametrize("field", ["patient_id", "PatientID", "birth_date", "patient_name", "sop_uid"])
@@ -150,13 +158,13 @@ def _dp_counts() -> CohortCounts:
 def test_dp_release_adds_discrete_laplace_noise_of_the_stated_scale() -> None:
     import numpy as np
 
-    from cohort.disclosure import dp_sensitivity, release_dp
+    from cohort.release.disclosure import dp_sensitivity, release_dp
 
     policy = DisclosurePolicy(min_cell_size=5, dp_epsilon=2.0)
     counts = _dp_counts()
     assert dp_sensitivity(counts) == 5  # cohort + (count + one label cell) per subset
     rng = np.random.default_rng(0)
-    draws = [release_dp(counts, policy, rng=rng) for _ in range(400)]
+    draws = [release_dp(counts, policy, noise=lambda key: rng) for _ in range(400)]
     noise = np.array([d.subsets["CT"] - 180 for d in draws])
     assert all(float(v).is_integer() for v in noise)
     # Discrete Laplace with scale b = 5 / 2: mean 0, mean |noise| close to b.
@@ -170,18 +178,18 @@ def test_dp_release_adds_discrete_laplace_noise_of_the_stated_scale() -> None:
 def test_dp_release_still_suppresses_cells_below_the_minimum() -> None:
     import numpy as np
 
-    from cohort.disclosure import release_dp
+    from cohort.release.disclosure import release_dp
 
     policy = DisclosurePolicy(min_cell_size=10, dp_epsilon=1.0)
     rng = np.random.default_rng(1)
     for _ in range(50):
-        out = release_dp(_dp_counts(), policy, rng=rng)
+        out = release_dp(_dp_counts(), policy, noise=lambda key: rng)
         cells = [out.patients, *out.subsets.values(), *(v for lab in out.labels.values() for v in lab.values())]
         assert all(v is None or v >= 10 for v in cells)
 
 
 def test_dp_release_needs_an_epsilon_and_refuses_identifying_fields() -> None:
-    from cohort.disclosure import release_dp
+    from cohort.release.disclosure import release_dp
 
     with pytest.raises(DisclosureError, match="dp_epsilon"):
         release_dp(_dp_counts(), DisclosurePolicy())

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cohort.disclosure import release
 from cohort.protocol import NUM_EXAMPLES, QUERY_ACTION, STATUS_ANSWERED, STATUS_ERROR
-from fl_client.query import spec_fields
+from cohort.release.disclosure import release
+from cohort.release.gate import spec_fields
 from fl_server.config import compose_config
 from fl_server.report import LABEL_BALANCE_PNG, METRICS_PNG, REPORT_HTML, REPORT_JSON
 from tests.federation_sites import (

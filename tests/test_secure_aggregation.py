@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cohort.consortium import CountLayout, decode, release_totals, site_vector
-from cohort.disclosure import ReleasedCounts
+from cohort.release.consortium import CountLayout, decode, release_totals, site_vector
+from cohort.release.disclosure import ReleasedCounts
 from cohort.protocol import (
     KEY_MASKED_VECTOR,
     SECAGG_COLLECT_ACTION,
@@ -28,7 +28,7 @@ from cohort.protocol import (
 )
 from cohort.results import LABEL_KEYS
 from cohort.spec.load import parse_spec
-from fl_client.query import answer_query, local_counts
+from cohort.release.gate import answer_query, local_counts
 from fl_server.config import compose_config
 from fl_server.secure_counts import SecureSettings, secure_totals
 from tests.federation_sites import (  # noqa: F401  (coordinator_identity: an autouse fixture)
@@ -540,7 +540,7 @@ def test_a_small_unknown_total_still_hides_the_next_smallest_label() -> None:
 ], ids=["two-derivable", "all-hidden", "all-derivable"])
 def test_a_total_never_reveals_a_site_through_derivable_cells(sites: list[tuple[int, int, int, int]],
                                                                positives: int | None) -> None:
-    from cohort.disclosure import release
+    from cohort.release.disclosure import release
     from cohort.results import CohortCounts, SubsetCounts
     from cohort.siteconfig import DisclosurePolicy
 

@@ -327,11 +327,12 @@ class _Builder:
 
 
 def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: str = "",
-                 patient_ids: bool = True) -> CompiledQuery:
+                 patient_ids: bool = True, cell_members: bool = False) -> CompiledQuery:
     """Resolve ``spec`` against the index's catalog and compile it to named SELECTs.
 
     Relation names start with ``prefix``, so several evaluations can share one connection. Without
-    ``patient_ids`` the relations carry ``pid`` only (what ``evaluate`` needs).
+    ``patient_ids`` the relations carry ``pid`` only (what ``evaluate`` needs). With ``cell_members``
+    the final SELECT lists each cell's patient ids instead of counting them (``evaluate_members``).
     """
     plan = build_plan(spec, index.catalog if index is not None else None)
     b = _Builder(plan, prefix)
@@ -374,7 +375,7 @@ def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: st
             subset_rels[name] = b.add(f"subset_{j}", f"SELECT c.pid FROM {cohort} c WHERE {subset_preds[name]}")
     subset_rels[ALL_SUBSET] = cohort
     objects = dict(b.matched)
-    final = _final_sql(b, cohort, label_rel, subset_preds, subset_rels)
+    final = _final_sql(b, cohort, label_rel, subset_preds, subset_rels, cell_members)
     if patient_ids:  # the relations export and the dashboard read, with the patients' ids
         for name, rel in b.matched.items():
             d = "m.d" if name in b.dated else "e.entity_date"
@@ -392,16 +393,20 @@ def compile_spec(spec: CohortSpec, index: DuckIndex | None = None, *, prefix: st
 
 
 def _final_sql(b: _Builder, cohort: str, label: str | None, preds: dict[str, str],
-               subset_rels: dict[str, str]) -> str:
-    """One SELECT of (part, idx, key, n, pos, neg): part 0 the counts of subset ``idx`` (0: the
-    cohort, then ``plan.subsets`` in order), part 1 the rows of distribution ``idx`` (``key``: bin
-    number or category)."""
+               subset_rels: dict[str, str], cell_members: bool = False) -> str:
+    """One SELECT of (part, idx, key, n): part 0 the counts of subset ``idx`` (0: the cohort, then
+    ``plan.subsets`` in order; ``n`` holds total, positive, negative per subset), part 1 the rows of
+    distribution ``idx`` (``key``: bin number or category). With ``cell_members`` every count is the
+    list of the cell's patient ids instead."""
     v = "l.v" if label else "NULL::INTEGER"
     join = f" LEFT JOIN {label} l ON l.pid = c.pid" if label else ""
+    agg = "list(pt.patient_id ORDER BY pt.patient_id)" if cell_members else "count(*)"
+    if cell_members:
+        join += " JOIN patients pt ON pt.pid = c.pid"
     cols = []
     for pred in ["TRUE", *preds.values()]:
-        cols += [f"count(*) FILTER (WHERE {pred})", f"count(*) FILTER (WHERE {pred} AND {v} = {POSITIVE})",
-                 f"count(*) FILTER (WHERE {pred} AND {v} = {NEGATIVE})"]
+        cols += [f"{agg} FILTER (WHERE {pred})", f"{agg} FILTER (WHERE {pred} AND {v} = {POSITIVE})",
+                 f"{agg} FILTER (WHERE {pred} AND {v} = {NEGATIVE})"]
     parts = [f"SELECT 0 AS part, 0 AS idx, NULL::VARCHAR AS key, [{', '.join(cols)}] AS n "
              f"FROM {cohort} c{join}"]
     for k, d in enumerate(b.plan.distributions):
@@ -410,7 +415,11 @@ def _final_sql(b: _Builder, cohort: str, label: str | None, preds: dict[str, str
                 f"WHERE v.entity_id IN (SELECT entity_id FROM {b.matched[d.object]}) "
                 f"AND v.pid IN (SELECT pid FROM {subset_rels[d.subset]})")
         key = _distribution_key(d, k, rows, b)
-        if key is not None:
+        if key is not None and cell_members:
+            parts.append(f"SELECT 1, {k}, CAST(key AS VARCHAR), [list(DISTINCT pt.patient_id ORDER BY "
+                         f"pt.patient_id)] FROM ({key}) kv JOIN patients pt ON pt.pid = kv.pid "
+                         f"WHERE key IS NOT NULL GROUP BY key")
+        elif key is not None:
             parts.append(f"SELECT 1, {k}, CAST(key AS VARCHAR), [count(DISTINCT pid)] FROM ({key}) "
                          f"WHERE key IS NOT NULL GROUP BY key")
     return "\nUNION ALL\n".join(parts)
@@ -483,7 +492,6 @@ def evaluate(index: DuckIndex, spec: CohortSpec) -> CohortCounts:
     """
     _check_derived(index)
     query = compile_spec(spec, index, patient_ids=False)
-    plan = query.plan
     counts_row: list[int] = []
     found: dict[int, dict[str, int]] = {}
     for part, idx, key, n in index.con.execute(query.sql()).fetchall():
@@ -491,6 +499,61 @@ def evaluate(index: DuckIndex, spec: CohortSpec) -> CohortCounts:
             counts_row = [int(x) for x in n]
         else:
             found.setdefault(int(idx), {})[str(key)] = int(n[0])
+    return _counts(query.plan, counts_row, found)
+
+
+# A cell of an answer, as ``evaluate_members`` names it: ("cohort",), ("subset", name),
+# ("label", subset, positive|negative|unknown) or ("bin", distribution index, bin label).
+CellKey = tuple[str | int, ...]
+
+
+def evaluate_members(index: DuckIndex, spec: CohortSpec) -> tuple[CohortCounts, dict[CellKey, tuple[str, ...]]]:
+    """``evaluate``'s counts and, for every cell, the PatientIDs behind it (sorted).
+
+    The same SQL as ``evaluate`` with lists in place of counts, so the counts are the lists' lengths.
+    For the site's release gate only: the ids never leave the site (they are hashed under a site secret
+    before anything is kept).
+    """
+    _check_derived(index)
+    query = compile_spec(spec, index, patient_ids=False, cell_members=True)
+    plan = query.plan
+    row: list[list[str]] = []
+    found: dict[int, dict[str, list[str]]] = {}
+    for part, idx, key, n in index.con.execute(query.sql()).fetchall():
+        if part == 0:
+            row = [list(x or []) for x in n]
+        else:
+            found.setdefault(int(idx), {})[str(key)] = list(n[0])
+    members: dict[CellKey, tuple[str, ...]] = {}
+    for j, name in enumerate([ALL_SUBSET, *plan.subsets]):
+        total, pos, neg = row[3 * j: 3 * j + 3]
+        if j == 0:
+            members[(ALL_SUBSET,)] = tuple(total)
+            continue
+        members[("subset", name)] = tuple(total)
+        members[("label", name, "positive")] = tuple(pos)
+        members[("label", name, "negative")] = tuple(neg)
+        known = set(pos) | set(neg)
+        members[("label", name, "unknown")] = tuple(p for p in total if p not in known)
+    counts = _counts(plan, [len(x) for x in row], {k: {key: len(ids) for key, ids in v.items()}
+                                                    for k, v in found.items()})
+    for k, d in enumerate(counts.distributions):
+        ids = found.get(k, {})
+        bin_ids = _distribution_bins(plan.distributions[k], ids)
+        for b in d.bins:
+            members[("bin", k, b.label)] = tuple(bin_ids.get(b.label, ()))
+    return counts, members
+
+
+def _distribution_bins(d: DistributionPlan, found: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Bin label -> patient ids, with the labels ``_distribution`` gives the bins."""
+    if d.bins is None:
+        return dict(found)
+    shown = d.bin_edges_shown or d.bins
+    return {f"{shown[k]:g}-{shown[k + 1]:g}": found.get(str(k), []) for k in range(len(d.bins) - 1)}
+
+
+def _counts(plan: Plan, counts_row: list[int], found: dict[int, dict[str, int]]) -> CohortCounts:
     counts: dict[str, SubsetCounts] = {}
     for j, name in enumerate([ALL_SUBSET, *plan.subsets]):
         total, pos, neg = counts_row[3 * j: 3 * j + 3]

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
-from cohort.disclosure import (
+from cohort.release.disclosure import (
     SUPPRESSED,
     ReleasedCounts,
     ReleasedDistribution,

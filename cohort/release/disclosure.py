@@ -14,7 +14,7 @@ Rules (the site's policy wins; a request can only make them stricter):
 * Histograms with more bins than ``histogram_bin_cap`` and fields outside the allowlist are refused
   per distribution; identifying fields refuse the whole query.
 * Differential privacy (``dp_epsilon`` set): discrete Laplace noise instead of exact counts
-  (``release_dp``); the budget per coordinator is kept by ``cohort.privacy_budget``.
+  (``release_dp``); the budget per coordinator is kept by ``cohort.release.ledger``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from cohort.errors import DisclosureError
-from cohort.results import ALL_SUBSET, LABEL_KEYS, CohortCounts
+from cohort.results import ALL_SUBSET, LABEL_KEYS, CohortCounts, Distribution
 from cohort.siteconfig import DisclosurePolicy
 from cohort.spec.privacy import IDENTIFYING_FIELDS, is_identifying
 
@@ -91,26 +92,38 @@ def check_fields(fields: list[str], policy: DisclosurePolicy) -> None:
                               f"({', '.join(sorted(IDENTIFYING_FIELDS))}) are never counted or released")
 
 
+# A cell of an answer (``cohort.index.compile_duck.CellKey``): ("cohort",), ("subset", name),
+# ("label", subset, label key) or ("bin", distribution index, bin label).
+CellKey = tuple[str | int, ...]
+# Keyed noise per cell (``cohort.release.gate``): the generator for one cell's draw.
+NoiseSource = Callable[[CellKey], np.random.Generator]
+
+
 class _Releaser:
-    def __init__(self, policy: DisclosurePolicy, min_cell: int, seed: int) -> None:
+    def __init__(self, policy: DisclosurePolicy, min_cell: int, noise: NoiseSource | None,
+                 blocked: frozenset[CellKey]) -> None:
         self.policy = policy
         self.min_cell = min_cell
-        self.rng = np.random.default_rng(seed)
+        self.noise = noise
+        self.blocked = blocked
 
-    def cell(self, n: int) -> int | None:
-        if n < self.min_cell:
+    def cell(self, key: CellKey, n: int) -> int | None:
+        if n < self.min_cell or key in self.blocked:
             return SUPPRESSED
         value = float(n)
         if self.policy.noise_scale > 0:
+            # Noise per cell: keyed on the cell's patient set at the site (the same set, the same draw;
+            # another set, an independent one), fresh OS randomness when no source is given.
+            rng = self.noise(key) if self.noise is not None else np.random.default_rng(secrets.randbits(128))
             # Noise never takes a released cell below the minimum: the coordinator reads every released
             # value as ">= min cell", and a noisy 0 would look like an unsuppressed empty cell.
-            value = max(float(self.min_cell), value + float(self.rng.laplace(0.0, self.policy.noise_scale)))
+            value = max(float(self.min_cell), value + float(rng.laplace(0.0, self.policy.noise_scale)))
         r = self.policy.rounding
         return int(math.ceil(value / r) * r) if r > 1 else int(round(value))
 
-    def group(self, raw: list[int], total_released: bool) -> list[int | None]:
+    def group(self, keys: list[CellKey], raw: list[int], total_released: bool) -> list[int | None]:
         """Release cells that sum to a released total, with secondary suppression."""
-        out = [self.cell(n) for n in raw]
+        out = [self.cell(k, n) for k, n in zip(keys, raw, strict=True)]
         return secondary_suppression(out, raw, self.min_cell) if total_released else out
 
 
@@ -165,45 +178,82 @@ def hide_sum(cells: list[int | None], raw: list[int]) -> list[int | None]:
     return cells
 
 
+def bin_layout_conflicts(distributions: list[Distribution]) -> dict[int, str]:
+    """Histograms of a field whose bin edges differ from the field's first histogram in the answer.
+
+    Two layouts of one field (edges [0, 100, 400] and [0, 101, 400]) would release bins whose
+    difference is the few patients between the shifted edges; one layout per field and answer.
+    """
+    first: dict[str, tuple[float | None, ...]] = {}
+    out = {}
+    for k, d in enumerate(distributions):
+        if d.kind != "histogram":
+            continue
+        edges = tuple(sorted({b.low for b in d.bins} | {b.high for b in d.bins}, key=lambda x: (x is None, x)))
+        if first.setdefault(d.field, edges) != edges:
+            out[k] = (f"another histogram of {d.field!r} in this query uses other bin edges "
+                      f"({[e for e in first[d.field] if e is not None]}); one bin layout per field and query, "
+                      "since bins whose edges are shifted give the patients between the edges away")
+    return out
+
+
 def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cell: int | None = None,
-            spec_fields: list[str] | None = None, seed: int = 0) -> ReleasedCounts:
-    """Apply ``policy`` to ``counts``; raises DisclosureError when the whole query is refused."""
+            spec_fields: list[str] | None = None, noise: NoiseSource | None = None,
+            blocked: frozenset[CellKey] = frozenset()) -> ReleasedCounts:
+    """Apply ``policy`` to ``counts``; raises DisclosureError when the whole query is refused.
+
+    ``blocked`` cells are suppressed like small ones (the differencing ledger's verdict, so that
+    secondary suppression accounts for them); ``noise`` gives each cell its keyed noise.
+    """
     dist_fields = [d.field for d in counts.distributions]
     check_fields((spec_fields or []) + dist_fields, policy)
     min_cell, note = effective_min_cell(policy, requested_min_cell)
-    rel = _Releaser(policy, min_cell, seed)
+    rel = _Releaser(policy, min_cell, noise, blocked)
     differenced = differencing_suppression(counts, min_cell)
-    patients = SUPPRESSED if ALL_SUBSET in differenced else rel.cell(counts.patients)
+    patients = SUPPRESSED if ALL_SUBSET in differenced else rel.cell((ALL_SUBSET,), counts.patients)
     subsets: dict[str, int | None] = {}
     labels: dict[str, dict[str, int | None]] = {}
     for name, sc in counts.subsets.items():
-        subsets[name] = SUPPRESSED if name in differenced else rel.cell(sc.patients)
-        cells = rel.group([getattr(sc, k) for k in LABEL_KEYS], subsets[name] is not SUPPRESSED)
-        labels[name] = dict(zip(LABEL_KEYS, hide_sum(cells, [getattr(sc, k) for k in LABEL_KEYS])
-                                if name in differenced else cells, strict=True))
+        subsets[name] = SUPPRESSED if name in differenced else rel.cell(("subset", name), sc.patients)
+        raw = [getattr(sc, k) for k in LABEL_KEYS]
+        cells = rel.group([("label", name, k) for k in LABEL_KEYS], raw, subsets[name] is not SUPPRESSED)
+        labels[name] = dict(zip(LABEL_KEYS, hide_sum(cells, raw) if name in differenced else cells, strict=True))
+    layouts = bin_layout_conflicts(counts.distributions)
     dists = []
-    for d in counts.distributions:
+    for k, d in enumerate(counts.distributions):
         rd = ReleasedDistribution(field=d.field, subset=d.subset, kind=d.kind)
         if policy.allowed_fields is not None and d.field not in policy.allowed_fields:
             rd.refused = f"field {d.field!r} is not in this site's allowlist of releasable fields"
         elif len(d.bins) > policy.histogram_bin_cap:
             rd.refused = (f"{len(d.bins)} bins requested; this site releases at most "
                           f"{policy.histogram_bin_cap} bins per distribution")
+        elif k in layouts:
+            rd.refused = layouts[k]
         else:
             # Bins partition the subset only for single-valued fields; secondary suppression is applied
             # whenever the subset total is released, which is safe in both cases. The whole cohort's
             # total is the released patient count.
             total = subsets.get(d.subset, patients if d.subset == ALL_SUBSET else SUPPRESSED)
-            total_released = total is not SUPPRESSED
-            cells = rel.group([b.count for b in d.bins], total_released)
+            raw = [b.count for b in d.bins]
+            cells = rel.group([("bin", k, b.label) for b in d.bins], raw, total is not SUPPRESSED)
             if d.subset in differenced:
-                cells = hide_sum(cells, [b.count for b in d.bins])
+                cells = hide_sum(cells, raw)
             rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
                        for b, c in zip(d.bins, cells, strict=True)]
         dists.append(rd)
     return ReleasedCounts(min_cell_size=min_cell, rounding=policy.rounding, noise=policy.noise_scale > 0,
                           patients=patients, subsets=subsets, labels=labels,
                           distributions=dists, notes=[note] if note else [])
+
+
+def released_cells(released: ReleasedCounts) -> list[CellKey]:
+    """The keys of the cells ``released`` gives a number for (those the differencing ledger records)."""
+    keys: list[CellKey] = [(ALL_SUBSET,)] if released.patients is not SUPPRESSED else []
+    keys += [("subset", n) for n, v in released.subsets.items() if v is not SUPPRESSED]
+    keys += [("label", n, k) for n, cells in released.labels.items() for k, v in cells.items() if v is not SUPPRESSED]
+    keys += [("bin", k, b["label"]) for k, d in enumerate(released.distributions) for b in d.bins
+             if b["count"] is not SUPPRESSED]
+    return keys
 
 
 def dp_sensitivity(counts: CohortCounts) -> int:
@@ -219,7 +269,8 @@ def discrete_laplace(rng: np.random.Generator, scale: float) -> int:
 
 
 def release_dp(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cell: int | None = None,
-               spec_fields: list[str] | None = None, rng: np.random.Generator | None = None) -> ReleasedCounts:
+               spec_fields: list[str] | None = None, noise: NoiseSource | None = None,
+               blocked: frozenset[CellKey] = frozenset()) -> ReleasedCounts:
     """Differentially private release: discrete Laplace noise of scale sensitivity / ``dp_epsilon``.
 
     Noisy cells below the minimum cell are still suppressed (post-processing, it costs no privacy).
@@ -233,19 +284,22 @@ def release_dp(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_
     min_cell, note = effective_min_cell(policy, requested_min_cell)
     sensitivity = dp_sensitivity(counts)
     scale = sensitivity / policy.dp_epsilon
-    rng = rng or np.random.default_rng(secrets.randbits(128))
 
-    def noisy(n: int) -> int | None:
+    def noisy(key: CellKey, n: int) -> int | None:
+        if key in blocked:
+            return SUPPRESSED
+        rng = noise(key) if noise is not None else np.random.default_rng(secrets.randbits(128))
         v = max(0, n + discrete_laplace(rng, scale))
         return v if v >= min_cell else SUPPRESSED
 
-    subsets = {name: noisy(sc.patients) for name, sc in counts.subsets.items()}
-    labels = {name: {k: noisy(getattr(sc, k)) for k in LABEL_KEYS} for name, sc in counts.subsets.items()}
+    subsets = {name: noisy(("subset", name), sc.patients) for name, sc in counts.subsets.items()}
+    labels = {name: {k: noisy(("label", name, k), getattr(sc, k)) for k in LABEL_KEYS}
+              for name, sc in counts.subsets.items()}
     dists = [ReleasedDistribution(field=d.field, subset=d.subset, kind=d.kind,
                                   refused="this site answers with differential privacy "
                                           "(disclosure.dp_epsilon) and releases no distributions")
              for d in counts.distributions]
-    return ReleasedCounts(min_cell_size=min_cell, rounding=1, noise=True, patients=noisy(counts.patients),
+    return ReleasedCounts(min_cell_size=min_cell, rounding=1, noise=True, patients=noisy((ALL_SUBSET,), counts.patients),
                           subsets=subsets, labels=labels, distributions=dists, notes=[note] if note else [],
                           dp={"mechanism": policy.dp_mechanism, "epsilon": policy.dp_epsilon,
                               "sensitivity": sensitivity, "scale": round(scale, 6)})
