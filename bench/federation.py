@@ -96,7 +96,7 @@ def run_once(local: Any, data: Path, sites: list[str], overrides: str, timeout: 
         t0 = time.perf_counter()
         dep.start_superlink()
         for s in sites:
-            dep.start_site(s)
+            dep.start_site(s, allow_unpinned=True)  # the bench's own ClientApp comes in its bundle
         app = write_app(Path(tmp) / "app")
         rc = Path(tmp) / "run-config.toml"
         rc.write_text(tomli_w.dumps({"expected-sites": len(sites), "out-file": str(out_file),
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         names = json.loads(names_file.read_text())
     else:
         t0 = time.perf_counter()
-        names = local.prepare_sites(data, max(args.sites), args.patients, seed=args.seed, min_cell_size=5)
+        names = local.prepare_sites(data, max(args.sites), args.patients, seed=args.seed, min_cell_size=5,
+                                     pin=None)
         names_file.write_text(json.dumps(names))
         print(f"synthesized and ingested {len(names)} sites x {args.patients} patients in "
               f"{time.perf_counter() - t0:.0f} s", flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cohort.errors import ConfigError
 
@@ -138,6 +138,8 @@ class DisclosurePolicy(_Strict):
     # released only when at least secure_min_sites sites contribute (a coordinator can only raise it).
     secure_aggregation: bool = Field(True, description="join secure totals of counts (SecAgg+)")
     secure_min_sites: int = Field(3, ge=2, description="fewest sites in a secure total this site joins")
+    secure_epsilon: float = Field(1.0, gt=0, description="epsilon of the noise on secure-total cells that not "
+                                  "every contributor released exactly (charged to dp_budget)")
     # Differential privacy (optional): noisy counts instead of suppression, with a budget per coordinator.
     dp_epsilon: float | None = Field(None, gt=0, description="epsilon spent per answered query; None: no DP")
     dp_mechanism: Literal["laplace"] = "laplace"
@@ -145,6 +147,38 @@ class DisclosurePolicy(_Strict):
     # Free text: a predicate on a free-text field (e.g. report_text contains ...) is answered only for
     # these terms (case-insensitive); by default none, so free text cannot be used to probe for people.
     free_text_terms: list[str] = []
+
+
+class AppRelease(_Strict):
+    """Which app releases (Flower app bundles, FABs) the site's node answers (docs/deployment.md).
+
+    ``sha256``: SHA-256 digests (hex) of the exact FAB bytes; ``signers``: Ed25519 public keys of the
+    consortium's release signers (``ssh-ed25519 ...``, 32 raw bytes in base64, or a key file path,
+    relative to this file). A run is answered when its FAB's digest is listed or carries a signature
+    by a listed signer; fl_client.app_release loads the keys and checks.
+    """
+
+    sha256: list[str] = []
+    signers: list[str] = []
+
+    @field_validator("sha256")
+    @classmethod
+    def _digests(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, d in enumerate(v):
+            d = str(d).strip().lower().removeprefix("sha256:")
+            if len(d) != 64 or any(c not in "0123456789abcdef" for c in d):
+                raise ValueError(f"entry {i} ({str(v[i])[:80]!r}) is not a SHA-256 digest (64 hex characters); "
+                                 "compute it with: fl-client app-hash RELEASE.fab (or the release's folder)")
+            out.append(d)
+        return out
+
+    @model_validator(mode="after")
+    def _something(self) -> AppRelease:
+        if not self.sha256 and not self.signers:
+            raise ValueError("lists neither sha256 nor signers: pin at least one release digest "
+                             "(fl-client app-hash RELEASE.fab) or one release signer's public key")
+        return self
 
 
 class SiteConfig(_Strict):
@@ -163,6 +197,11 @@ class SiteConfig(_Strict):
     free_text: FreeTextSource = FreeTextSource()
     strictness: Strictness = Strictness()
     disclosure: DisclosurePolicy = DisclosurePolicy()
+    app_release: AppRelease | None = None  # None: no pin; fl-client start refuses unless --allow-unpinned
+    # Secure totals: this site's Ed25519 identity key (PEM) and the consortium roster (site ids and identity
+    # public keys) it shares secrets with; paths relative to this file (cohort.identity).
+    identity_key: str | None = None
+    roster: str | None = None
     source_file: str | None = Field(None, exclude=True)
 
     def store_path(self) -> Path:

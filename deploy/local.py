@@ -144,23 +144,35 @@ def make_certs(certs: Path, sites: list[str], hosts: tuple[str, ...] = ("superli
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
+PIN_PROJECT = "project"
+
+
 def prepare_sites(data: Path, sites: int, patients: int | list[int], seed: int = 0,
-                  min_cell_size: int | None = None) -> list[str]:
+                  min_cell_size: int | None = None, pin: str | None = PIN_PROJECT) -> list[str]:
     """Synthesize ``sites`` sites into DATA/sites and ingest each into its store; returns the site names.
 
     ``min_cell_size`` sets the sites' own disclosure threshold (a site's choice; tiny demo sites need
-    a low one to release any count at all).
+    a low one to release any count at all). ``pin``: the app release the sites answer (``app_release``
+    in site.yaml): the FAB digest of this project as ``fl-server launch`` submits it (``"project"``), a
+    digest, or None (no pin: start such sites with ``allow_unpinned``).
     """
     from cohort.ingest.run import ingest_folder
     from cohort.siteconfig import load_site_config
     from cohort.synth.site import synthesize_consortium
 
+    if pin == PIN_PROJECT:
+        from fl_client.app_release import build_fab, fab_sha256
+
+        pin = fab_sha256(build_fab(PROJECT_ROOT))
     written = synthesize_consortium(data / "sites", sites, patients, seed)
     names = []
     for s in written:
-        if min_cell_size is not None:
+        if min_cell_size is not None or pin is not None:
             raw = yaml.safe_load(s.site_config.read_text(encoding="utf-8"))
-            raw.setdefault("disclosure", {})["min_cell_size"] = int(min_cell_size)
+            if min_cell_size is not None:
+                raw.setdefault("disclosure", {})["min_cell_size"] = int(min_cell_size)
+            if pin is not None:
+                raw["app_release"] = {"sha256": [pin]}
             s.site_config.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
         site = load_site_config(s.site_config)
         ingest_folder(s.raw_dir, site.store_path(), site).write(s.folder / "ingest_report.json")
@@ -232,7 +244,7 @@ class LocalDeployment:
         return self._loopback(map_paths(svc.command, svc.mounts, self.data))
 
     def site_command(self, site: str, key_name: str | None = None, runtime_port: int | None = None,
-                     max_retries: int | None = None) -> list[str]:
+                     max_retries: int | None = None, allow_unpinned: bool = False) -> list[str]:
         svc = self.services[f"{TEMPLATE_SITE}-client"]
         cmd = map_paths(svc.command, svc.mounts, self.data, site)
         if key_name is not None and key_name != site and "--auth-key" in cmd:
@@ -240,6 +252,8 @@ class LocalDeployment:
         cmd = self._loopback(cmd) + ["--runtime-port", str(runtime_port or free_port())]
         if max_retries is not None:
             cmd += ["--max-retries", str(max_retries)]
+        if allow_unpinned:
+            cmd.append("--allow-unpinned")
         return cmd
 
     def launch_command(self, cohort: str, overrides: str, out: Path, expected_sites: int,
@@ -287,10 +301,10 @@ class LocalDeployment:
             return False
 
     def start_site(self, site: str, *, key_name: str | None = None, name: str | None = None,
-                   max_retries: int | None = None) -> Proc:
+                   max_retries: int | None = None, allow_unpinned: bool = False) -> Proc:
         """A site's SuperNode via ``fl-client start`` (``key_name``: use another site's key folder)."""
         name = name or site
-        cmd = self.site_command(site, key_name, max_retries=max_retries)
+        cmd = self.site_command(site, key_name, max_retries=max_retries, allow_unpinned=allow_unpinned)
         return self._start(f"node-{name}", cmd, self.data / "nodes" / name / "flwr-home")
 
     def connection(self) -> str:

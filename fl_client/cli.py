@@ -1,19 +1,26 @@
 """The ``fl-client`` command line: run a site's Flower SuperNode next to its store.
 
-``fl-client start`` checks that the site is ready (config valid, store ingested and indexed), then
-replaces itself with ``flower-supernode`` (exec, so the container's signals reach the SuperNode) with
-the node config ``site-config='<absolute path of site.yaml>'`` that the ClientApp reads. The SuperNode
-connects *out* to the coordinator's SuperLink; the site opens no inbound port (the SuperNode's
-runtime API, which its own ClientApp processes call, listens on 127.0.0.1 only).
+``fl-client start`` checks that the site is ready (config valid, store ingested and indexed, an app
+release pinned in ``site.yaml``), starts the site's task runner (fl_client.pinned_runner: it checks each
+run's app bundle against the pin and runs the *installed* ClientApp), then replaces itself with
+``flower-supernode --isolation process`` (exec, so the container's signals reach the SuperNode; the
+runner exits with it) with the node config ``site-config='<absolute path of site.yaml>'``. The
+SuperNode connects *out* to the coordinator's SuperLink; the site opens no inbound port (the
+SuperNode's runtime API, which the runner calls, listens on 127.0.0.1 only).
+
+``fl-client app-hash FAB_OR_FOLDER`` prints the pin of a release (fl_client.app_release).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shlex
 import shutil
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +31,7 @@ from cohort.cli.entry import run_app
 from cohort.errors import ConfigError
 from cohort.protocol import FLOWER_ENV_DEFAULTS
 from cohort.siteconfig import SiteConfig, load_site_config
+from fl_client.app_release import ReleasePin, load_pin
 from fl_client.site_runtime import NODE_SITE_CONFIG
 
 INDEX_FILE = "index.duckdb"  # cohort.index.duck.INDEX_FILE, not imported to keep startup light
@@ -102,12 +110,19 @@ class SuperNodeSettings:
                               "without .pub); the .pub file goes to the coordinator for registration")
 
 
-def supernode_command(settings: SuperNodeSettings, executable: str = SUPERNODE) -> list[str]:
-    """The ``flower-supernode`` command line for ``settings`` (validated)."""
+def supernode_command(settings: SuperNodeSettings, executable: str = SUPERNODE,
+                      runner_secret: Path | None = None) -> list[str]:
+    """The ``flower-supernode`` command line for ``settings`` (validated).
+
+    With ``runner_secret`` (the pinned path) the SuperNode starts no ClientApp process itself
+    (``--isolation process``): the site's runner claims the tasks, authenticated with that secret.
+    """
     settings.validate()
     node_config = f"{NODE_SITE_CONFIG}={toml_string(str(settings.site_config.resolve()))}"
     cmd = [executable, "--superlink", settings.superlink, "--node-config", node_config,
            "--host", "127.0.0.1", "--port", str(settings.runtime_port)]
+    if runner_secret is not None:
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(runner_secret)]
     if settings.insecure:
         cmd.append("--insecure")
     else:
@@ -117,6 +132,38 @@ def supernode_command(settings: SuperNodeSettings, executable: str = SUPERNODE) 
     if settings.max_retries is not None:
         cmd += ["--max-retries", str(settings.max_retries)]
     return cmd
+
+
+def runner_command(settings: SuperNodeSettings, parent_pid: int, runner_secret: Path) -> list[str]:
+    """The site's task runner next to the SuperNode (fl_client.pinned_runner serve)."""
+    return [sys.executable, "-P", "-m", "fl_client.pinned_runner", "serve",
+            "--runtime-api-address", f"127.0.0.1:{settings.runtime_port}",
+            "--site-config", str(settings.site_config.resolve()), "--parent-pid", str(parent_pid),
+            "--auth-secret-file", str(runner_secret)]
+
+
+def check_pin(site: SiteConfig, allow_unpinned: bool) -> ReleasePin | None:
+    """The site's app release pin; without one a ConfigError (unless ``allow_unpinned``) saying how to add it."""
+    pin = load_pin(site)
+    if pin is None and not allow_unpinned:
+        raise ConfigError(
+            f"site {site.site_id!r}: {site.source_file} pins no app release, so the node would run whatever app "
+            "bundle (FAB) the coordinator submits. Add the consortium's release to site.yaml:\n"
+            "  app_release:\n    sha256: [<digest>]      # fl-client app-hash RELEASE.fab  (or the release's "
+            "folder)\n    signers: [<key.pub>]     # and/or the release signers' Ed25519 public keys\n"
+            "or pass --allow-unpinned to run unpinned bundles (Flower's default; development only). "
+            "See docs/deployment.md, 'Pinned app release'.")
+    return pin
+
+
+def _runner_secret() -> Path:
+    """A fresh SuperExec auth secret in a private folder (the runner removes both once the SuperNode read it)."""
+    folder = Path(tempfile.mkdtemp(prefix="fedcohort-runner-"))
+    secret = folder / "superexec-secret"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secrets.token_bytes(32))
+    return secret
 
 
 def flower_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -153,24 +200,68 @@ def start(
         = DEFAULT_RUNTIME_PORT,
     max_retries: Annotated[int | None, typer.Option(
         help="give up after this many failed connection attempts (default: retry forever)")] = None,
-    dry_run: Annotated[bool, typer.Option(help="print the SuperNode command and exit")] = False,
+    allow_unpinned: Annotated[bool, typer.Option(
+        help="start without an app_release pin in site.yaml: the node then runs whatever app bundle the "
+             "coordinator submits (Flower's own ClientApp processes; development and benchmarks only)")] = False,
+    dry_run: Annotated[bool, typer.Option(help="print the runner and SuperNode commands and exit")] = False,
 ) -> None:
-    """Check the site is ready, then run its Flower SuperNode connected to the coordinator."""
+    """Check the site is ready and pinned, then run its Flower SuperNode connected to the coordinator."""
     site = check_site_ready(site_config)
+    pin = check_pin(site, allow_unpinned)
     settings = SuperNodeSettings(site_config, superlink, root_certificates, auth_key, insecure, runtime_port,
                                  max_retries)
     env = flower_environment()
-    cmd = supernode_command(settings, executable=SUPERNODE if dry_run else _find_supernode(env))
+    settings.validate()
+    executable = SUPERNODE if dry_run else _find_supernode(env)
+    secret = (Path(tempfile.gettempdir()) / "fedcohort-runner-XXXX" / "superexec-secret" if dry_run
+              else _runner_secret()) if pin is not None else None
+    cmd = supernode_command(settings, executable=executable, runner_secret=secret)
+    runner = runner_command(settings, os.getpid(), secret) if secret is not None else None
     if dry_run:
+        if runner is not None:
+            typer.echo(shlex.join(runner) + " &")
         typer.echo(shlex.join(cmd))
         return
     tls = "without TLS (--insecure)" if insecure else f"TLS with CA {root_certificates}"
     auth = f"node key {auth_key}" if auth_key else "no node key (the SuperLink must not require one)"
     typer.echo(f"site {site.site_id!r}: store {site.store_path()}; connecting out to {superlink}, {tls}, {auth}",
                err=True)
+    if pin is None:
+        typer.secho(f"site {site.site_id!r}: NO APP RELEASE PINNED (--allow-unpinned): ClientApp code comes from "
+                    "whatever app bundle the coordinator submits", fg=typer.colors.YELLOW, err=True)
+    else:
+        typer.echo(f"site {site.site_id!r}: answering only runs of {pin.expected()}, with the installed ClientApp",
+                   err=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    if runner is not None:  # it watches this pid, which stays the SuperNode's after the exec
+        subprocess.Popen(runner, env=env)
     os.execve(cmd[0], cmd, env)
+
+
+@app.command("app-hash")
+def app_hash(
+    path: Annotated[Path, typer.Argument(help="a FAB file (flwr build) or a Flower app folder (what flwr run builds)")],
+    site_config: Annotated[Path | None, typer.Option(
+        help="also say whether this site's app_release accepts it")] = None,
+    signature: Annotated[str, typer.Option(
+        help="with --site-config: a release signature (base64, or a file holding it) to check too")] = "",
+) -> None:
+    """Print the pin of an app release: the SHA-256 of its FAB's bytes (what site.yaml app_release lists)."""
+    from fl_client.app_release import fab_bytes, fab_sha256, signature_text
+
+    data = fab_bytes(path)
+    digest = fab_sha256(data)
+    typer.echo(digest)
+    typer.echo(f"# {path}: {len(data)} bytes; in site.yaml:\n# app_release:\n#   sha256: [{digest}]", err=True)
+    if site_config is not None:
+        pin = load_pin(load_site_config(site_config))
+        if pin is None:
+            raise ConfigError(f"{site_config}: no app_release section; every run would be refused by a pinned node")
+        verdict = pin.check(data, signature_text(signature) if signature else "")
+        typer.echo(("accepted: " if verdict.accepted else "refused: ") + verdict.reason, err=True)
+        if not verdict.accepted:
+            raise typer.Exit(1)
 
 
 def main() -> None:

@@ -135,15 +135,24 @@ def launch(
     root_certificates: Annotated[Path | None, typer.Option(
         help="consortium CA (PEM) for an address connection; TLS is on by default")] = None,
     insecure: Annotated[bool, typer.Option(help="no TLS (local demos only; address connections)")] = False,
+    release_signature: Annotated[str, typer.Option(
+        help="release signature(s) of this app's FAB (base64, or the .sig file from fl-server release sign), "
+             "for sites that pin release signers")] = "",
+    save_fab: Annotated[Path | None, typer.Option(help="also write the submitted app bundle (FAB) here")] = None,
 ) -> None:
     """Run the federation on a Flower deployment: flwr run with this project's app and the run config."""
+    from fl_client.app_release import signature_text
     from fl_server.launch import LaunchError, LaunchSettings
     from fl_server.launch import launch as do_launch
 
     settings = LaunchSettings(cohort=cohort, connection=connection, overrides=overrides, out_dir=out,
                               expected_sites=expected_sites, wait_s=wait_s,
-                              root_certificates=root_certificates, insecure=insecure)
+                              root_certificates=root_certificates, insecure=insecure,
+                              release_signature=signature_text(release_signature) if release_signature else "",
+                              save_fab=save_fab)
     result = do_launch(settings, echo=lambda line: print(line, flush=True))
+    if result.fab_sha256:
+        console.print(f"app bundle (FAB) of run {result.run_id}: sha256 {result.fab_sha256}")
     if not result.ok:
         raise LaunchError(f"run {result.run_id or '(not started)'} ended with status {result.status!r} "
                           f"(flwr exit code {result.returncode}); see the log above and the SuperLink's log")
@@ -184,6 +193,43 @@ def serve(
         console.print("stopped")
     finally:
         server.server_close()
+
+
+release = typer.Typer(no_args_is_help=True, add_completion=False,
+                      help="App releases: the digest sites pin, and Ed25519 release signatures.")
+app.add_typer(release, name="release")
+
+
+@release.command("hash")
+def release_hash(
+    path: Annotated[Path, typer.Argument(help="a FAB file, or the app folder flwr run would bundle")] = Path("."),
+) -> None:
+    """Print the SHA-256 of the app bundle (FAB): the pin a site lists in site.yaml app_release.sha256."""
+    from fl_client.app_release import fab_bytes, fab_sha256
+
+    typer.echo(fab_sha256(fab_bytes(path)))
+
+
+@release.command("sign")
+def release_sign(
+    path: Annotated[Path, typer.Argument(help="the release's FAB file (or the app folder flwr run would bundle)")],
+    key: Annotated[Path, typer.Option(help="the signer's Ed25519 private key (ssh-keygen -t ed25519, or PEM)")],
+    out: Annotated[Path | None, typer.Option(help="signature file (default: FAB.sig next to a FAB file)")] = None,
+) -> None:
+    """Sign a release: an Ed25519 signature over its FAB digest, for sites that list this signer."""
+    from fl_client.app_release import fab_bytes, fab_sha256, load_private_key, public_key_text, sign_release
+
+    private = load_private_key(key)
+    digest = fab_sha256(fab_bytes(path))
+    signature = sign_release(private, digest)
+    target = out if out is not None else (path.with_name(path.name + ".sig") if path.is_file() else None)
+    if target is not None:
+        target.write_text(signature + "\n", encoding="ascii")
+    typer.echo(signature)
+    typer.echo(f"# sha256 {digest} signed by {public_key_text(private.public_key())}"
+               + (f"; written to {target}" if target else "")
+               + "\n# sites list the signer in site.yaml app_release.signers; the coordinator passes the signature: "
+                 "fl-server launch ... --release-signature " + (str(target) if target else "SIGNATURE"), err=True)
 
 
 def main() -> None:

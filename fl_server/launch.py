@@ -6,9 +6,13 @@ What it does, in the order a coordinator would by hand:
    composes with the overrides, so a typo fails here and not on the SuperLink;
 2. writes (or reuses) a connection in ``$FLWR_HOME/config.toml`` (``[superlink.<name>]`` with
    ``address`` and ``root-certificates``, or ``insecure = true`` when asked);
-3. writes the run config (the flat selectors of ``[tool.flwr.app.config]``) to a TOML file and runs
-   ``flwr run <project root> <connection> --run-config FILE --stream``, streaming the run's logs;
-4. asks the SuperLink for the run's final status and says where the reports are.
+3. builds the app bundle (FAB) the way ``flwr run`` does and prints its SHA-256, the pin sites list in
+   ``site.yaml`` ``app_release`` (optionally saving the FAB, e.g. for release signers);
+4. writes the run config (the flat selectors of ``[tool.flwr.app.config]``, plus ``release-signature``
+   when given) to a TOML file and runs ``flwr run <project root> <connection> --run-config FILE --stream``,
+   streaming the run's logs;
+5. asks the SuperLink for the run's final status and the digest of the FAB it stored, and says where
+   the reports are.
 
 The reports are written by the ServerApp, i.e. on the SuperLink's host, into ``out-dir``.
 """
@@ -30,6 +34,7 @@ from typing import Any
 
 from cohort.errors import CohortError, ConfigError
 from cohort.protocol import FLOWER_ENV_DEFAULTS
+from fl_client.app_release import RUN_CONFIG_SIGNATURE, build_fab, fab_sha256
 from fl_server.config import CONFIG_DIR, compose_run_config
 
 PROJECT_ROOT = CONFIG_DIR.parent  # the Flower app: pyproject.toml with [tool.flwr.app]
@@ -55,6 +60,8 @@ class LaunchSettings:
     wait_s: float = 60.0
     root_certificates: Path | None = None
     insecure: bool = False
+    release_signature: str = ""  # base64 Ed25519 signature(s) over the FAB digest (fl-server release sign)
+    save_fab: Path | None = None  # write the submitted FAB here
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class LaunchResult:
     out_dir: Path
     report_json: Path
     returncode: int
+    fab_sha256: str | None = None  # the digest of the FAB the SuperLink stored for the run (else: built here)
 
     @property
     def ok(self) -> bool:
@@ -148,8 +156,11 @@ def ensure_connection(connection: str, *, root_certificates: Path | None = None,
 
 def run_config(settings: LaunchSettings, cohort: str, out_dir: Path) -> dict[str, Any]:
     """The run config: the flat selectors of ``[tool.flwr.app.config]`` in pyproject.toml."""
-    return {"cohort-name": cohort, "hydra-overrides": settings.overrides, "out-dir": str(out_dir),
-            "expected-sites": int(settings.expected_sites), "wait-s": int(settings.wait_s)}
+    values: dict[str, Any] = {"cohort-name": cohort, "hydra-overrides": settings.overrides, "out-dir": str(out_dir),
+                              "expected-sites": int(settings.expected_sites), "wait-s": int(settings.wait_s)}
+    if settings.release_signature:
+        values[RUN_CONFIG_SIGNATURE] = settings.release_signature
+    return values
 
 
 def inline_run_config(values: dict[str, Any]) -> str:
@@ -189,6 +200,12 @@ def launch(settings: LaunchSettings, echo: Callable[[str], None] = print,
     conn = ensure_connection(settings.connection, root_certificates=settings.root_certificates,
                              insecure=settings.insecure, home=flwr_home(env))
     values = run_config(settings, cohort, out_dir)
+    fab = build_fab(project_root)  # the same builder and files as flwr run below: the same bytes
+    digest = fab_sha256(fab)
+    echo(f"app bundle (FAB): sha256 {digest} ({len(fab)} bytes); sites pin it in site.yaml app_release.sha256")
+    if settings.save_fab is not None:
+        settings.save_fab.write_bytes(fab)
+        echo(f"app bundle written to {settings.save_fab}")
     flwr = flwr_executable()
     with tempfile.TemporaryDirectory(prefix="fedcohort-launch-") as tmp:
         rc_file = Path(tmp) / "run-config.toml"
@@ -199,9 +216,11 @@ def launch(settings: LaunchSettings, echo: Callable[[str], None] = print,
         cmd = [flwr, "run", str(project_root), conn, "--run-config", str(rc_file), "--stream"]
         echo(f"$ flwr run {project_root} {conn} --run-config {shlex.quote(inline_run_config(values))} --stream")
         run_id, returncode = _stream(cmd, env, echo)
-    status = _run_status(flwr, conn, run_id, env) if run_id else None
-    result = LaunchResult(run_id, status, out_dir, out_dir / "report.json", returncode)
-    return result
+    status, stored = _run_status(flwr, conn, run_id, env) if run_id else (None, None)
+    if stored and stored != digest:
+        echo(f"warning: the SuperLink stored FAB sha256 {stored} for run {run_id}, not {digest}: the project "
+             "folder changed while launching; sites pinned to either refuse the other")
+    return LaunchResult(run_id, status, out_dir, out_dir / "report.json", returncode, stored or digest)
 
 
 def _stream(cmd: list[str], env: dict[str, str], echo: Callable[[str], None]) -> tuple[str | None, int]:
@@ -223,11 +242,14 @@ def _stream(cmd: list[str], env: dict[str, str], echo: Callable[[str], None]) ->
         raise
 
 
-def _run_status(flwr: str, conn: str, run_id: str, env: dict[str, str]) -> str | None:
+def _run_status(flwr: str, conn: str, run_id: str, env: dict[str, str]) -> tuple[str | None, str | None]:
+    """The run's status and the digest of the FAB the SuperLink stored for it."""
     out = subprocess.run([flwr, "ls", conn, "--run-id", run_id, "--format", "json"], capture_output=True,
                          text=True, env=env, check=False)
     try:  # flwr may print a "Using SuperLink" line before the JSON
         runs = json.loads(out.stdout[out.stdout.find("{"):]).get("runs", [])
     except (json.JSONDecodeError, AttributeError):
-        return None
-    return str(runs[0].get("status")) if runs else None
+        return None, None
+    if not runs:
+        return None, None
+    return str(runs[0].get("status")), (str(runs[0]["fab-hash"]) if runs[0].get("fab-hash") else None)
