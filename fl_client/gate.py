@@ -26,6 +26,7 @@ from cohort.protocol import (
     ANSWER_RECORD,
     CONFIG_RECORD,
     KEY_REASON,
+    KEY_REQUEST_ID,
     KEY_SITE_ID,
     KEY_SPEC_JSON,
     KEY_STATUS,
@@ -123,7 +124,7 @@ class GatedClientApp:
         record = SECAGG_RECORD if channel == SECURE_TOTAL else CONFIG_RECORD
         config = dict(msg.content[record]) if record in msg.content else {}
         req = Request(msg, context, site, gate, config)
-        requester = str(config.get("request-id", ""))
+        requester = str(config.get(KEY_REQUEST_ID, ""))
         try:
             if KEY_SPEC_JSON in config:
                 req.spec_json = json.loads(str(config[KEY_SPEC_JSON]))
@@ -154,7 +155,7 @@ class GatedClientApp:
                                       negatives=m.negatives)
         sent[NUM_EXAMPLES] = gate.examples(req.admission, m.fraction)
         if withheld:
-            gate.audit(req.spec_json, str(req.config.get("request-id", "")), "withheld",
+            gate.audit(req.spec_json, str(req.config.get(KEY_REQUEST_ID, "")), "withheld",
                        reason=f"{req.msg.metadata.message_type}: metrics {sorted(withheld)} withheld: their "
                               f"counts are below the minimum cell {req.admission.min_cell}")
         return MetricRecord({k: (int(v) if k == NUM_EXAMPLES else float(v)) for k, v in sent.items()})

@@ -7,8 +7,9 @@ combined with :class:`AgreedSites`, which
 * addresses exactly the agreed nodes (Flower's strategies sample from every connected node: sites
   excluded at agreement must not train), by handing the parent a view of the grid with only those;
 * records every site's metrics and failures per round instead of failing;
-* keeps the weights of the round with the best federated validation AUROC and stops early after
-  ``patience`` rounds without improvement (the remaining rounds send no messages).
+* keeps the weights of the round with the best federated validation AUROC (the lowest validation
+  loss where no site may release an AUROC) and stops early after ``patience`` rounds without
+  improvement (the remaining rounds send no messages).
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedYogi
 
 from cohort.errors import ConfigError
-from cohort.protocol import ARRAYS_RECORD, CONFIG_RECORD, METRIC_AUROC, METRICS_RECORD, NUM_EXAMPLES
+from cohort.protocol import (
+    ARRAYS_RECORD,
+    CONFIG_RECORD,
+    METRIC_AUROC,
+    METRIC_LOSS,
+    METRICS_RECORD,
+    NUM_EXAMPLES,
+)
 
 __all__ = ["STRATEGIES", "AgreedSites", "StrategySettings", "build_strategy", "weighted_mean_metrics"]
 
@@ -64,6 +72,7 @@ class AgreedSites(FedAvg):
         self.errors: list[dict[str, Any]] = []
         self.best_round: int | None = None
         self.best_auroc: float | None = None
+        self._best_score: tuple[int, float] | None = None
         self.best_arrays: ArrayRecord | None = None
         self.stopped_after: int | None = None
         self.on_round: Callable[[int], None] | None = None  # called after each round's evaluation
@@ -132,15 +141,22 @@ class AgreedSites(FedAvg):
             return None
         aggregated = weighted_mean_metrics(site_metrics)
         self.rounds[server_round]["aggregated"] = aggregated
-        self._track_best(server_round, aggregated.get(METRIC_AUROC))
+        self._track_best(server_round, aggregated.get(METRIC_AUROC), aggregated.get(METRIC_LOSS))
         if self.on_round is not None:
             self.on_round(server_round)
         return MetricRecord(aggregated)  # type: ignore[arg-type]
 
-    def _track_best(self, server_round: int, auroc: float | None) -> None:
-        """Keep the evaluated weights of the best round; stop after ``patience`` rounds without gain."""
-        if auroc is not None and (self.best_auroc is None or auroc > self.best_auroc):
-            self.best_auroc, self.best_round, self.best_arrays = auroc, server_round, self._latest
+    def _track_best(self, server_round: int, auroc: float | None, loss: float | None = None) -> None:
+        """Keep the evaluated weights of the best round; stop after ``patience`` rounds without gain.
+
+        Best by federated validation AUROC; where no site could release one (sites send class metrics
+        only when both classes of their validation split reach the minimum cell), by the lowest
+        federated validation loss. A round with an AUROC beats every round ranked by loss only.
+        """
+        score = (1, auroc) if auroc is not None else (0, -loss) if loss is not None else None
+        if score is not None and (self._best_score is None or score > self._best_score):
+            self._best_score, self.best_round, self.best_arrays = score, server_round, self._latest
+            self.best_auroc = auroc
         elif self.best_round is None:
             self.best_round, self.best_arrays = server_round, self._latest
         if self.patience and self.best_round is not None and server_round - self.best_round >= self.patience:

@@ -54,7 +54,7 @@ def _train_cfg(overrides: str = "") -> tuple[Any, dict[str, Any]]:
 def test_stored_mismatched_lost_and_failed_sites_are_each_recorded(tmp_path_factory: pytest.TempPathFactory,
                                                                    tmp_path: Path) -> None:
     from fl_client.final_model import CARD_FILE, model_digest, site_model_dir
-    from fl_server.federation import initial_arrays
+    from fl_server.federation import initial_arrays, negotiate
     from fl_server.final_model_round import MISMATCH, STORED, deliver_final_model
 
     c = copy_consortium(build_consortium(tmp_path_factory), tmp_path / "sites")
@@ -64,6 +64,9 @@ def test_stored_mismatched_lost_and_failed_sites_are_each_recorded(tmp_path_fact
     train_cfg, cfg = _train_cfg("training.normalization=site")
     weights = initial_arrays(cfg["model"], 0).to_numpy_ndarrays()
 
+    for i in range(c.n_sites):  # small sites: a minimum cell that lets each take part
+        c.set_policy(i, min_cell_size=3)
+    negotiate(grid, list(nodes), json.loads(str(train_cfg[KEY_SPEC_JSON])), None, 5)  # sites train on it only
     grid.drop[f"query.{FINAL_MODEL_ACTION}"] = {grid.node_of(2)}
     result = deliver_final_model(grid, nodes, weights, train_cfg, "intercept", 5)
     sites = [c.site(i).site_id for i in range(c.n_sites)]

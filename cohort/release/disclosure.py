@@ -169,13 +169,16 @@ def differencing_suppression(counts: CohortCounts, min_cell: int) -> set[str]:
     return {n for n in hidden if totals[n] >= min_cell}
 
 
-def hide_sum(cells: list[int | None], raw: list[int]) -> list[int | None]:
-    """When a total is suppressed, its released parts must not add up to it: hide the smallest part."""
-    if cells and all(c is not SUPPRESSED for c in cells):
-        out = list(cells)
-        out[min(range(len(raw)), key=lambda i: raw[i])] = SUPPRESSED
-        return out
-    return cells
+def hide_sum(cells: list[int | None], raw: list[int], min_cell: int = 0) -> list[int | None]:
+    """When a total is suppressed, its released parts must not add up to it (nor nearly: the hidden
+    parts' true sum reaches ``min_cell``): hide the smallest released parts until they do."""
+    out = list(cells)
+    while True:
+        shown = [i for i, c in enumerate(out) if c is not SUPPRESSED]
+        hidden_sum = sum(raw[i] for i, c in enumerate(out) if c is SUPPRESSED)
+        if not shown or (len(shown) < len(out) and hidden_sum >= min_cell):
+            return out
+        out[min(shown, key=lambda i: raw[i])] = SUPPRESSED
 
 
 def bin_layout_conflicts(distributions: list[Distribution]) -> dict[int, str]:
@@ -209,7 +212,9 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
     check_fields((spec_fields or []) + dist_fields, policy)
     min_cell, note = effective_min_cell(policy, requested_min_cell)
     rel = _Releaser(policy, min_cell, noise, blocked)
-    differenced = differencing_suppression(counts, min_cell)
+    # Totals withheld by the ledger are treated like differenced ones: their parts must not add up to them.
+    differenced = differencing_suppression(counts, min_cell) | {
+        str(k[-1]) for k in blocked if k == (ALL_SUBSET,) or (k[0] == "subset" and len(k) == 2)}
     patients = SUPPRESSED if ALL_SUBSET in differenced else rel.cell((ALL_SUBSET,), counts.patients)
     subsets: dict[str, int | None] = {}
     labels: dict[str, dict[str, int | None]] = {}
@@ -217,7 +222,8 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
         subsets[name] = SUPPRESSED if name in differenced else rel.cell(("subset", name), sc.patients)
         raw = [getattr(sc, k) for k in LABEL_KEYS]
         cells = rel.group([("label", name, k) for k in LABEL_KEYS], raw, subsets[name] is not SUPPRESSED)
-        labels[name] = dict(zip(LABEL_KEYS, hide_sum(cells, raw) if name in differenced else cells, strict=True))
+        labels[name] = dict(zip(LABEL_KEYS, hide_sum(cells, raw, min_cell) if name in differenced else cells,
+                                strict=True))
     layouts = bin_layout_conflicts(counts.distributions)
     dists = []
     for k, d in enumerate(counts.distributions):
@@ -237,7 +243,7 @@ def release(counts: CohortCounts, policy: DisclosurePolicy, *, requested_min_cel
             raw = [b.count for b in d.bins]
             cells = rel.group([("bin", k, b.label) for b in d.bins], raw, total is not SUPPRESSED)
             if d.subset in differenced:
-                cells = hide_sum(cells, raw)
+                cells = hide_sum(cells, raw, min_cell)
             rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
                        for b, c in zip(d.bins, cells, strict=True)]
         dists.append(rd)
