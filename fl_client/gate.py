@@ -37,7 +37,7 @@ from cohort.protocol import (
     STATUS_ERROR,
     STATUS_REFUSED,
 )
-from cohort.release.gate import Admission, ReleaseGate, account_of
+from cohort.release.gate import Admission, ReleaseGate, account_of, checked_spec
 from cohort.siteconfig import SiteConfig
 from cohort.spec.privacy import IdentifyingRequestError
 from fl_client.site_runtime import resolve_site_config
@@ -131,8 +131,6 @@ class GatedClientApp:
             if channel == RUN_BOUND:
                 req.admission = gate.admit(kind, req.spec_json, str(config.get(KEY_SUBSET, "")))
             elif channel == SECURE_TOTAL and req.spec_json is not None:
-                from cohort.release.gate import checked_spec
-
                 checked_spec(site, req.spec_json)
             result = fn(req)
         except (DisclosureError, IdentifyingRequestError) as exc:

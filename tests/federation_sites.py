@@ -78,8 +78,10 @@ def build_consortium(factory: pytest.TempPathFactory) -> Consortium:
 
 
 def copy_consortium(src: Consortium, dst: Path) -> Consortium:
-    """A private copy (site.yaml store paths are relative, so the copy points at its own stores)."""
-    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns("raw", "exports", "audit.jsonl", "release", "privacy_ledger.sqlite", ".complete"))
+    """A private copy (site.yaml store paths are relative, so the copy points at its own stores), without
+    the sites' audit logs, privacy ledger and release state (differencing ledger, run registry, key)."""
+    shutil.copytree(src.root, dst, ignore=shutil.ignore_patterns(
+        "raw", "exports", "audit.jsonl", "release", "privacy_ledger.sqlite", ".complete"))
     return Consortium(dst)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from cohort.protocol import NUM_EXAMPLES, QUERY_ACTION, STATUS_ANSWERED, STATUS_ERROR
 from cohort.release.disclosure import release
-from cohort.release.gate import spec_fields
+from cohort.release.gate import answer_query, spec_fields
 from fl_server.config import compose_config
 from fl_server.report import LABEL_BALANCE_PNG, METRICS_PNG, REPORT_HTML, REPORT_JSON
 from tests.federation_sites import (
@@ -34,18 +35,27 @@ BASE = "federation.rounds=1 training.epochs=1"
 
 
 def _released_locally(site: Any, overrides: str) -> dict[str, Any]:
-    """What the site should release: the engine's exact counts under the site's own policy."""
+    """What the site should release: the engine's exact counts under the site's own policy, through the
+    site's gate with an empty ledger (a fresh coordinator account). The gate only ever withholds cells:
+    every number it releases equals the policy's release of the exact counts."""
     from cohort.index.compile_duck import evaluate
     from cohort.index.duck import DuckIndex
     from cohort.spec.load import parse_spec
 
     cfg = compose_config(None, overrides)
     spec_json = parse_spec(cfg["cohort"]).to_dict()
+    requested = cfg["disclosure"]["requested_min_cell_size"]
     with DuckIndex.for_store(site.store_path(), read_only=True) as index:
         counts = evaluate(index, parse_spec(spec_json))
-    rel = release(counts, site.disclosure, requested_min_cell=cfg["disclosure"]["requested_min_cell_size"],
-                  spec_fields=spec_fields(spec_json), seed=0)
-    return json.loads(json.dumps(rel.to_json()))
+    plain = release(counts, site.disclosure, requested_min_cell=requested, spec_fields=spec_fields(spec_json))
+    answer = answer_query(site, {"spec": spec_json, "requested_min_cell": requested},
+                          account=f"expected-{uuid.uuid4().hex}")
+    gated = json.loads(str(answer.released_json))
+    for name, value in gated["subsets"].items():
+        assert value is None or value == plain.subsets[name], name
+        for k, v in gated["labels"][name].items():
+            assert v is None or v == plain.labels[name][k], (name, k)
+    return gated
 
 
 def _run(c: Consortium, root: Path, overrides: str) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
@@ -121,7 +131,7 @@ def test_every_site_answered_and_trained(healthy) -> None:  # type: ignore[no-un
     assert report["training_errors"] == []
     rnd = report["rounds"][0]
     assert set(rnd["train"]) == site_ids and set(rnd["evaluate"]) == site_ids
-    assert rnd["aggregated"]["loss"] > 0  # class metrics only where both classes reach the minimum cell
+    assert rnd["aggregated"][NUM_EXAMPLES] > 0  # metrics only where their counts reach the minimum cell
     types = [p["type"] for p in payloads]
     assert types.count(f"query.{QUERY_ACTION}") == 3 and types.count("train") == 3 and types.count("evaluate") == 3
     assert not [p for p in payloads if "error" in p]

@@ -3,7 +3,7 @@
 "use strict";
 
 const POLL_MS = 2000;
-const METRICS = ["auroc", "balanced-accuracy"];
+const METRICS = ["auroc", "balanced-accuracy", "loss"];
 const LABELS = [["negative", "#4c78a8"], ["positive", "#e45756"], ["unknown", "#bab0ac"]];
 let version = null;
 let renders = 0;
@@ -80,7 +80,9 @@ function renderSecure(r) {
   const l = t.labels || {};
   $("#secure-summary").textContent = t.status === "released" || t.labels ?
     `${t.status || ""}: ${t.cases ?? "?"} cases in ${r.subset} (positive ${l.positive ?? "suppressed"}, negative ` +
-    `${l.negative ?? "suppressed"}, unknown ${l.unknown ?? "suppressed"}) over ${(t.contributors || []).join(", ")}` :
+    `${l.negative ?? "suppressed"}, unknown ${l.unknown ?? "suppressed"}) over ${(t.contributors || []).join(", ")}` +
+    (t.noise ? `; noised cells ±${t.noise.sd} (sd; epsilon ${t.noise.epsilon})` : "") +
+    ((t.dropped || []).length ? `; dropped out: ${t.dropped.join(", ")}` : "") :
     `${t.status || "not released"}${t.reason ? ": " + t.reason : ""}`;
   $("#secure-totals").textContent = JSON.stringify(t.value, null, 2);
 }
@@ -124,12 +126,13 @@ async function renderCharts(r) {
       $schema: "https://vega.github.io/schema/vega-lite/v6.json",
       data: {values: metrics},
       facet: {column: {field: "metric", type: "nominal", title: null}},
+      resolve: {scale: {y: "independent"}},
       spec: {
         width: 200, height: 180,
         mark: {type: "line", point: true},
         encoding: {
           x: {field: "round", type: "ordinal"},
-          y: {field: "value", type: "quantitative", scale: {domain: [0, 1]}},
+          y: {field: "value", type: "quantitative", scale: {zero: true}},
           color: {field: "series", type: "nominal", title: "site"},
           strokeWidth: {condition: {test: "datum.mean", value: 3}, value: 1.5},
           tooltip: [{field: "series"}, {field: "round"}, {field: "value", format: ".3f"}],
@@ -137,8 +140,10 @@ async function renderCharts(r) {
       },
     }, {actions: false, renderer: "svg"});
   } else {
-    $("#chart-metrics").replaceChildren(el("p", {class: "muted small"},
-      r.planned_rounds ? `no evaluated round yet (${r.planned_rounds} planned)` : "no evaluated round yet"));
+    const evaluated = (r.rounds || []).some((round) => Object.keys(round.evaluate || {}).length);
+    $("#chart-metrics").replaceChildren(el("p", {class: "muted small"}, evaluated
+      ? "validation metrics withheld at every site: the counts behind them are below the minimum cell"
+      : r.planned_rounds ? `no evaluated round yet (${r.planned_rounds} planned)` : "no evaluated round yet"));
   }
 }
 
