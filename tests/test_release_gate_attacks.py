@@ -287,3 +287,25 @@ def test_noise_differs_between_questions_and_repeats_for_the_same_one(site: Cons
     # noisy differences were the exact ones. Now each cell's noise is keyed on its patient set.
     offsets = [(ca[k] - raw_a[k], cb[k] - raw_b[k]) for k in changed]
     assert any(x != y for x, y in offsets), offsets
+
+
+# ------------------------------------------------------------------------------ one catalog per store
+def test_a_text_field_from_the_stores_own_template_is_free_text_to_the_coordinator(site: Consortium,
+                                                                                   run_cfg: dict[str, Any]) -> None:
+    """A field a site adds with its own template config (``STORE/templates``) is answered like a built-in
+    one, and a text field among them is guarded like the built-in free text (before: the coordinator's
+    path checked specs against the built-in catalog only)."""
+    templates = site.site(0).store_path() / "templates"
+    templates.mkdir(parents=True, exist_ok=True)
+    (templates / "letters.yaml").write_text(
+        "key: free_text\nfields:\n  letter_body:\n    path: ['**']\n    type: text\n", encoding="utf-8")
+    grid = LocalGrid(site)
+    spec = _spec(run_cfg)
+    spec["objects"]["letter"] = {"kind": "SR", "template": "free_text",
+                                 "where": [{"field": "letter_body", "op": "exists"}]}
+    spec["cohort"] = {"all": [spec["cohort"], "letter"]}
+    assert _ask(grid, spec)[KEY_STATUS] == STATUS_ANSWERED
+    spec["objects"]["letter"]["where"] = [{"field": "letter_body", "op": "contains", "value": "Vogt"}]
+    answer = _ask(grid, spec)
+    assert answer[KEY_STATUS] == STATUS_REFUSED and "free-text" in str(answer["reason"]).lower()
+    assert "Vogt" not in str(answer["reason"])

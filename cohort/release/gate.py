@@ -49,7 +49,7 @@ from cohort.release.secret import keyed_rng, patient_digests, set_digest, site_s
 from cohort.results import CohortCounts
 from cohort.siteconfig import SiteConfig
 from cohort.spec.model import CohortSpec
-from cohort.spec.privacy import IdentifyingRequestError, check_free_text, check_privacy
+from cohort.spec.privacy import IdentifyingRequestError, check_free_text, check_privacy, free_text_fields
 
 # Request keys a query may carry; anything else (e.g. a request for rows) is refused.
 ALLOWED_REQUEST_KEYS = frozenset({"spec", "requested_min_cell", "requester"})
@@ -109,10 +109,21 @@ def checked_spec(site: SiteConfig, spec_json: dict[str, Any]) -> CohortSpec:
     if not isinstance(spec_json, dict):
         raise DisclosureError(f"refused: the spec is a {type(spec_json).__name__}, not a cohort spec object")
     check_fields(spec_fields(spec_json), site.disclosure)
-    spec = parse_spec(spec_json)
+    catalog = store_catalog(site)
+    spec = parse_spec(spec_json, catalog=catalog)
     check_privacy(spec)
-    check_free_text(spec, site.disclosure.free_text_terms)
+    check_free_text(spec, site.disclosure.free_text_terms, free_text_fields(catalog))
     return spec
+
+
+def store_catalog(site: SiteConfig) -> dict[str, Any]:
+    """The fields of this site's store: built-in, package and environment template configs, and the
+    store's own (``STORE/templates``), as the index extracts them."""
+    from cohort.index.catalog import field_catalog
+    from cohort.index.duck import STORE_TEMPLATE_DIR
+
+    own = site.store_path() / STORE_TEMPLATE_DIR
+    return dict(field_catalog([own] if own.is_dir() else []))
 
 
 def local_counts(site: SiteConfig, spec: CohortSpec) -> CohortCounts:

@@ -7,6 +7,8 @@ logs the refusal, instead of the coordinator finding a workaround the language d
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from cohort.spec.errors import SpecPathError
 from cohort.spec.model import CohortSpec
@@ -87,11 +89,15 @@ class FreeTextProbeError(IdentifyingRequestError):
     """The spec compares free text with a value the site has not allowed (it could probe for people)."""
 
 
-def free_text_fields() -> frozenset[str]:
-    """Free-text fields: text content items of SR documents (reports, letters), from the catalog."""
-    from cohort.index.catalog import field_catalog  # lazy: the catalog imports this module
+def free_text_fields(catalog: Mapping[str, Any] | None = None) -> frozenset[str]:
+    """Free-text fields: text content items of SR documents (reports, letters), from ``catalog`` (a store's
+    catalog, with the store's own template configs) or the built-in one."""
+    if catalog is None:
+        from cohort.index.catalog import field_catalog  # lazy: the catalog imports this module
 
-    return frozenset(f.name for f in field_catalog().values() if f.value_type == "text" and f.source == "item")
+        catalog = field_catalog()
+    return frozenset(name for name, f in catalog.items()
+                     if getattr(f, "value_type", None) == "text" and getattr(f, "source", None) == "item")
 
 
 def _values(value: object) -> list[object]:
