@@ -69,6 +69,16 @@ KEY_ACTIVE_NODES: Final = "active-nodes"
 KEY_DEAD_NODES: Final = "dead-nodes"
 KEY_SHARE_OWNERS: Final = "share-owners"
 KEY_SHARES: Final = "shares"
+KEY_SIGNATURE: Final = "signature"  # a site's Ed25519 signature over its keys for this one sum (setup reply)
+KEY_SIGNATURES: Final = "signatures"  # every participant's signature, in list order (share keys)
+KEY_EXACT_CELLS: Final = "exact-cells"  # "0"/"1" per layout cell: released exactly in the plain answer
+KEY_EXACT_LIST: Final = "exact-list"
+KEY_EPSILON: Final = "epsilon"  # the site's noise epsilon for the sum's non-public cells
+KEY_EPSILON_LIST: Final = "epsilon-list"
+KEY_MIN_CELL_LIST: Final = "min-cell-list"
+KEY_MIN_SITES_LIST: Final = "min-sites-list"
+KEY_DP: Final = "dp"  # 1 when the site answers with differential privacy (full local noise)
+KEY_DP_LIST: Final = "dp-list"
 STATUS_JOINED: Final = "joined"  # a site's setup reply when it takes part
 
 # Node config key naming the coordinator a site's SuperNode serves: the site's privacy budget account.

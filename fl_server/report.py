@@ -66,8 +66,8 @@ def plot_label_balance(report: RunReport, path: Path) -> None:
 
     A suppressed cell is drawn as a hatched, outlined band of height ``min cell - 1`` and marked
     ``<k``: the coordinator sees that the cell exists below the threshold (possibly zero), never its value.
-    The right panel (when secure totals ran) is the exact consortium total from secure aggregation,
-    naming the sites it covers.
+    The right panel (when secure totals ran) is the consortium total from secure aggregation, naming
+    the sites it covers and the noise on the cells the sites noised (``±`` its standard deviation).
     """
     subset = report.agreement.rule.subset
     answers = sorted(report.answers, key=lambda a: a.site_id)
@@ -126,23 +126,40 @@ def _draw_totals(ax: Any, totals: ConsortiumTotals, subset: str) -> None:
         value = labels.get(key)
         bottom = _draw_cell(ax, 0, bottom, value, totals.min_cell_size, key, color)
         if value is not None:
-            ax.annotate(str(value), (0, bottom - value / 2), ha="center", va="center", fontsize=8, color="white")
+            ax.annotate(_total_text(totals, f"label/{subset}/{key}", value), (0, bottom - value / 2),
+                        ha="center", va="center", fontsize=8, color="white")
     ax.set_xlim(-0.8, 0.8)
     subset_total = totals.subsets.get(subset)
     if subset_total is not None:
         ax.axhline(subset_total, color="black", linewidth=1, linestyle="--")
-        ax.annotate(f"{subset_total} patients", (0, subset_total), xytext=(0, 3), textcoords="offset points",
+        top = max(bottom, subset_total)  # above the stacked bar, so it never covers a cell's label
+        ax.annotate(f"{subset_total} patients", (0, top), xytext=(0, 3), textcoords="offset points",
                     ha="center", fontsize=8)
-        ax.set_ylim(0, max(ax.get_ylim()[1], subset_total * 1.1))
+        ax.set_ylim(0, max(ax.get_ylim()[1], top * 1.12))
     sites = "\n".join(totals.contributors)
     dropped = f"\ndropped: {', '.join(totals.dropped)}" if totals.dropped else ""
-    ax.set_xlabel(f"{len(totals.contributors)} sites:\n{sites}{dropped}", fontsize=7)
+    noise = (f"\nnoise sd {totals.noise['sd']:g} (epsilon {totals.noise['epsilon']:g})" if totals.noise else "")
+    ax.set_xlabel(f"{len(totals.contributors)} sites:\n{sites}{dropped}{noise}", fontsize=7)
+
+
+def _total_text(totals: ConsortiumTotals, cell: str, value: int | None) -> str:
+    """A consortium total as shown: the number, with the noise's standard deviation when the sites
+    noised that cell (not every contributor had released it exactly)."""
+    if value is None:
+        return "suppressed"
+    if totals.noise and cell in totals.noise["cells"]:
+        return f"{value} ±{totals.noise['sd']:.1f}"
+    return str(value)
 
 
 def plot_metrics(report: RunReport, path: Path) -> None:
-    """Federated evaluation per round: AUROC and balanced accuracy per site and aggregated."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("auroc", "balanced-accuracy"), strict=True):
+    """Federated evaluation per round: AUROC, balanced accuracy and validation loss per site and aggregated.
+
+    A site sends a metric only when the counts behind it meet its minimum cell (the release gate); a
+    panel without any value says so instead of staying empty.
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, metric in zip(axes, ("auroc", "balanced-accuracy", "loss"), strict=True):
         per_site: dict[str, list[tuple[int, float]]] = {}
         agg = []
         for r in report.rounds:
@@ -155,11 +172,18 @@ def plot_metrics(report: RunReport, path: Path) -> None:
             ax.plot(*zip(*pts, strict=True), marker="o", alpha=0.6, label=site)
         if agg:
             ax.plot(*zip(*agg, strict=True), marker="s", color="black", linewidth=2, label="weighted mean")
+        if not per_site and not agg:
+            ax.text(0.5, 0.5, "withheld at every site:\nits counts are below\nthe minimum cell", ha="center",
+                    va="center", transform=ax.transAxes, color="#666")
         ax.set_xlabel("round")
-        ax.set_title(metric)
-        ax.set_ylim(0, 1)
+        ax.set_title("validation loss" if metric == "loss" else metric)
+        if metric != "loss":
+            ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+            break
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -186,12 +210,17 @@ def _totals_html(report: RunReport) -> str:
     if not t.released:
         return f"{head}<p>Not released: {esc(t.reason or '')}</p>{declined_html}{rule_html}"
     rows = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in (
-        name, _fmt(n), *(_fmt(t.labels.get(name, {}).get(k)) for k in ("positive", "negative", "unknown"))))
+        name, _total_text(t, f"subset/{name}", n), *(_total_text(t, f"label/{name}/{k}", t.labels.get(name, {}).get(k))
+                                                     for k in ("positive", "negative", "unknown"))))
         + "</tr>" for name, n in t.subsets.items())
     notes = "".join(f"<li>{esc(n)}</li>" for n in t.notes)
-    return (f"{head}<p>Exact sums over {len(t.contributors)} sites ({esc(', '.join(t.contributors))}); no single "
-            f"site's counts were seen. Cells below {t.min_cell_size} or recoverable by subtracting the sites' "
-            f"own released counts are suppressed; at least {t.min_sites} sites must contribute.</p>"
+    noise = (f" Cells not every site had released exactly carry the sites' own noise (distributed discrete "
+             f"Laplace, epsilon {t.noise['epsilon']:g}, standard deviation {t.noise['sd']:g}: shown as "
+             f"&plusmn;); the others are exact sums of counts the sites had released." if t.noise else
+             " Every cell is an exact sum of counts the sites had released.")
+    return (f"{head}<p>Sums over {len(t.contributors)} sites ({esc(', '.join(t.contributors))}); no single "
+            f"site's counts were seen.{noise} Totals below {t.min_cell_size} are suppressed; at least "
+            f"{t.min_sites} sites must contribute.</p>"
             f"<table><tr><th>subset</th><th>patients</th><th>positive</th><th>negative</th><th>unknown</th></tr>"
             f"{rows}</table>{f'<ul>{notes}</ul>' if notes else ''}{declined_html}{rule_html}")
 
@@ -213,7 +242,8 @@ def render_html(report: RunReport, out: Path) -> str:
     for r in report.rounds:
         agg = r.get("aggregated", {})
         round_rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            r["round"], r.get("train_loss", ""), agg.get("auroc", ""), agg.get("balanced-accuracy", ""),
+            r["round"], r.get("train_loss", ""), agg.get("loss", "withheld"), agg.get("auroc", "withheld"),
+            agg.get("balanced-accuracy", "withheld"),
             ", ".join(sorted(r.get("evaluate", {})))) ) + "</tr>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Cohort run: {html.escape(report.cohort_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse}}
@@ -228,8 +258,11 @@ minimum cell size (zero included).</p>
 {_totals_html(report)}
 {_img(out / LABEL_BALANCE_PNG)}
 <h2>Training (FedAvg)</h2>
-<table><tr><th>round</th><th>train loss</th><th>AUROC</th><th>balanced accuracy</th><th>sites</th></tr>
+<table><tr><th>round</th><th>train loss</th><th>validation loss</th><th>AUROC</th><th>balanced accuracy</th>
+<th>sites</th></tr>
 {''.join(round_rows)}</table>
+<p>"withheld": no site may release that metric (sites send metrics only when the counts behind them, e.g. the
+positives and negatives of the validation split, meet their minimum cell; docs/threat-model.md).</p>
 {_img(out / METRICS_PNG)}
 <h2>Spec</h2><pre>{html.escape(json.dumps(report.spec, indent=2))}</pre>
 </body></html>"""

@@ -3,12 +3,16 @@
 Flower's ``SecAggPlusWorkflow`` / ``secaggplus_mod`` pair drives ``train`` messages and quantizes float
 model updates; counts are integers and travel in query messages, so this module runs the same four
 SecAgg+ stages on ``query.secagg-*`` messages with Flower's primitives (key agreement, encryption of
-shares, Shamir secret sharing) and exact arithmetic modulo 2**32. The coordinator learns the sum of
-the contributing sites' vectors and nothing of any single one; a site that drops out after sharing its
-keys is survived (its pairwise masks are rebuilt from the other sites' shares of its secret key).
+shares, Shamir secret sharing) and exact arithmetic modulo 2**32. The coordinator relays each site's
+signed keys (the sites check them against their roster), learns the sum of the contributing sites'
+vectors and nothing of any single one: cells that not every contributor released exactly carry the
+sites' distributed noise (``fl_client.secure_counts``), so even the raw sum minus the sites' plain
+answers gives no site's hidden cell. A site that drops out after sharing its keys is survived (its
+pairwise masks are rebuilt from the other sites' shares of its secret key).
 
 Which sites are asked: the sites that answered the plain query and meet the agreement's per-site rule
-(the training cohort); their plain answers give the vector's layout.
+(the training cohort); their plain answers give the vector's layout (the agreed subset only, from
+``agree_with_totals``: fewer noised cells, less noise on each).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 from typing import Any
 
@@ -29,17 +33,24 @@ from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_
 from flwr.serverapp import Grid
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from cohort.release.consortium import STATUS_WITHHELD, ConsortiumTotals, CountLayout, decode, release_totals
 from cohort.errors import CohortError
 from cohort.protocol import (
     KEY_ACTIVE_NODES,
     KEY_CIPHERTEXTS,
     KEY_DEAD_NODES,
     KEY_DESTINATIONS,
+    KEY_DP,
+    KEY_DP_LIST,
+    KEY_EPSILON,
+    KEY_EPSILON_LIST,
+    KEY_EXACT_CELLS,
+    KEY_EXACT_LIST,
     KEY_LAYOUT_JSON,
     KEY_MASKED_VECTOR,
     KEY_MIN_CELL,
+    KEY_MIN_CELL_LIST,
     KEY_MIN_SITES,
+    KEY_MIN_SITES_LIST,
     KEY_MOD_RANGE,
     KEY_NODE_IDS,
     KEY_PK1,
@@ -52,6 +63,8 @@ from cohort.protocol import (
     KEY_SAMPLE_NUM,
     KEY_SHARE_OWNERS,
     KEY_SHARES,
+    KEY_SIGNATURE,
+    KEY_SIGNATURES,
     KEY_SITE_ID,
     KEY_SITE_IDS,
     KEY_SOURCES,
@@ -65,7 +78,16 @@ from cohort.protocol import (
     SECAGG_UNMASK_ACTION,
     STATUS_JOINED,
 )
-from cohort.secure_masks import MOD_RANGE, add_mod, mask
+from cohort.release.consortium import (
+    STATUS_WITHHELD,
+    ConsortiumTotals,
+    CountLayout,
+    decode,
+    layout_cells,
+    noise_sensitivity,
+    release_totals,
+)
+from cohort.secure_masks import MOD_RANGE, add_mod, mask, noise_sd
 from fl_server.agreement import Agreement, AgreementRule, SiteAnswer, agree, apply_totals
 
 
@@ -77,6 +99,7 @@ class SecureSettings:
     min_sites: int = 3
     timeout: float = 120.0
     requested_min_cell: int | None = None
+    subsets: tuple[str, ...] | None = None  # sum only these subsets (no distributions); None: everything
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> SecureSettings:
@@ -94,6 +117,16 @@ class _Joined:
     pk2: bytes
     min_cell: int
     min_sites: int
+    signature: bytes
+    exact: str
+    epsilon: float
+    dp: int
+
+    @classmethod
+    def from_reply(cls, r: dict[str, Any]) -> _Joined:
+        return cls(str(r[KEY_SITE_ID]), bytes(r[KEY_PK1]), bytes(r[KEY_PK2]), int(r[KEY_MIN_CELL]),
+                   int(r[KEY_MIN_SITES]), bytes(r[KEY_SIGNATURE]), str(r[KEY_EXACT_CELLS]), float(r[KEY_EPSILON]),
+                   int(r[KEY_DP]))
 
 
 def threshold_for(n: int) -> int:
@@ -111,11 +144,12 @@ class _Protocol:
         self.spec_text = json.dumps(spec_json, sort_keys=True)
         self.request_id = uuid.uuid4().hex
         self.declined: dict[str, str] = {}
-        self.dropped: list[str] = []
+        self.dropped: dict[str, str] = {}  # site -> the stage it dropped out at (its counts are not in the sum)
+        self.silent_at_unmask: list[str] = []  # contributors that sent no unmasking shares (their counts are in)
         self.threshold = 0
 
     def _send(self, action: str, per_node: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        """Send one stage; the replies of the sites still taking part, by node. Others are recorded."""
+        """Send one stage; the replies of the sites still taking part, by node. Others are recorded once."""
         messages = [Message(content=RecordDict({SECAGG_RECORD: ConfigRecord({KEY_REQUEST_ID: self.request_id,
                                                                              **cfg})}),
                             dst_node_id=n, message_type=f"query.{action}") for n, cfg in per_node.items()]
@@ -141,25 +175,32 @@ class _Protocol:
             site = self.sites[node].site_id
             if action == SECAGG_SETUP_ACTION:
                 self.declined[site] = reason
+            elif action == SECAGG_UNMASK_ACTION:
+                self.silent_at_unmask.append(site)
+                log(WARNING, "secure totals: site %s sent no unmasking shares (%s)", site, reason)
             else:
-                self.dropped.append(site)
+                self.dropped.setdefault(site, f"{action.removeprefix('secagg_').replace('_', '-')}: {reason}")
                 log(WARNING, "secure totals: site %s dropped out at %s (%s)", site, action, reason)
         return out
 
     def _withheld(self, reason: str) -> ConsortiumTotals:
-        return ConsortiumTotals(STATUS_WITHHELD, reason=reason, declined=self.declined, dropped=self.dropped,
-                                min_sites=self.settings.min_sites)
+        return ConsortiumTotals(STATUS_WITHHELD, reason=reason, declined=self.declined,
+                                dropped=sorted(self.dropped), min_sites=self.settings.min_sites,
+                                notes=self._dropout_notes())
+
+    def _dropout_notes(self) -> list[str]:
+        return [f"{site} dropped out at {why}" for site, why in sorted(self.dropped.items())]
 
     def _setup(self, nodes: list[int]) -> dict[int, _Joined]:
         self.threshold = threshold_for(len(nodes))
         cfg: dict[str, Any] = {KEY_SPEC_JSON: self.spec_text, KEY_LAYOUT_JSON: self.layout.to_json(),
                                KEY_SAMPLE_NUM: len(nodes), KEY_THRESHOLD: self.threshold,
-                               KEY_MOD_RANGE: MOD_RANGE, KEY_MIN_SITES: self.settings.min_sites}
+                               KEY_MOD_RANGE: MOD_RANGE, KEY_MIN_SITES: self.settings.min_sites,
+                               KEY_SITE_IDS: sorted(self.sites[n].site_id for n in nodes)}
         if self.settings.requested_min_cell is not None:
             cfg[KEY_REQUESTED_MIN_CELL] = int(self.settings.requested_min_cell)
         replies = self._send(SECAGG_SETUP_ACTION, dict.fromkeys(nodes, cfg))
-        return {node: _Joined(str(r[KEY_SITE_ID]), bytes(r[KEY_PK1]), bytes(r[KEY_PK2]), int(r[KEY_MIN_CELL]),
-                              int(r[KEY_MIN_SITES])) for node, r in replies.items()}
+        return {node: _Joined.from_reply(r) for node, r in replies.items()}
 
     def run(self) -> ConsortiumTotals:
         nodes = sorted(self.sites)
@@ -168,15 +209,19 @@ class _Protocol:
                                   f"{self.settings.min_sites}: no secure total")
         joined = self._setup(nodes)
         while len(joined) < len(nodes) and len(joined) >= self.settings.min_sites:
-            # Some sites declined: set up again among those that joined (sample size and threshold change).
+            # Some sites declined: set up again among those that joined (list, sample size and threshold change).
             nodes = sorted(joined)
             joined = self._setup(nodes)
         need = max([self.settings.min_sites, *(j.min_sites for j in joined.values())])
         if len(joined) < need:
             return self._withheld(f"{len(joined)} sites joined, fewer than min_sites={need}: no secure total")
         order = sorted(joined)
-        keys = {KEY_NODE_IDS: order, KEY_SITE_IDS: [joined[n].site_id for n in order],
-                KEY_PK1_LIST: [joined[n].pk1 for n in order], KEY_PK2_LIST: [joined[n].pk2 for n in order]}
+        js = [joined[n] for n in order]
+        keys = {KEY_NODE_IDS: order, KEY_SITE_IDS: [j.site_id for j in js], KEY_PK1_LIST: [j.pk1 for j in js],
+                KEY_PK2_LIST: [j.pk2 for j in js], KEY_SIGNATURES: [j.signature for j in js],
+                KEY_EXACT_LIST: [j.exact for j in js], KEY_EPSILON_LIST: [j.epsilon for j in js],
+                KEY_MIN_CELL_LIST: [j.min_cell for j in js], KEY_MIN_SITES_LIST: [j.min_sites for j in js],
+                KEY_DP_LIST: [j.dp for j in js]}
         shared = self._send(SECAGG_SHARE_KEYS_ACTION, dict.fromkeys(order, keys))
         forward: dict[int, tuple[list[int], list[bytes]]] = {n: ([], []) for n in shared}
         for src, rec in shared.items():
@@ -207,17 +252,38 @@ class _Protocol:
             return self._withheld(f"too few unmasking shares for {short} ({len(unmasked)} sites answered, "
                                   f"threshold {threshold})")
         total = self._unmask(masked, active, dead, shares, joined)
-        summed = decode([int(v) for v in total], self.layout)
+        signed = [int(v) - MOD_RANGE if int(v) >= MOD_RANGE // 2 else int(v) for v in total]  # noise may be < 0
+        summed = decode(signed, self.layout)
         if summed.sites != len(active):
             return self._withheld(f"the sum counts {summed.sites} sites, {len(active)} contributed: inconsistent")
         out = release_totals(summed, [self.sites[n].released for n in active],  # type: ignore[misc]
-                             min_cell=max(joined[n].min_cell for n in active), min_sites=need)
+                             min_cell=max(joined[n].min_cell for n in active), min_sites=need, protected=True)
         out.contributors = sorted(joined[n].site_id for n in active)
-        out.dropped, out.declined = sorted(set(self.dropped)), self.declined
-        if out.dropped:
-            out.notes.append(f"{', '.join(out.dropped)} dropped out during the protocol; the total covers "
-                             f"the other {len(active)} sites")
+        out.dropped, out.declined = sorted(self.dropped), self.declined
+        out.noise = self._noise_summary([joined[n] for n in active], [joined[n] for n in order])
+        out.notes += self._dropout_notes()
+        if self.dropped:
+            out.notes.append(f"the total covers the other {len(active)} sites")
+        if self.silent_at_unmask:
+            out.notes.append(f"{', '.join(sorted(self.silent_at_unmask))} sent no unmasking shares; their counts "
+                             "are in the total (the other sites' shares removed their masks)")
         return out
+
+    def _noise_summary(self, contributors: list[_Joined], participants: list[_Joined]) -> dict[str, Any] | None:
+        """Which cells carry the sites' noise and how much (every participant computes the same cells)."""
+        public = [all(j.exact[i] == "1" for j in participants) for i in range(self.layout.size)]
+        noisy = [not p for p in public]
+        delta = noise_sensitivity(self.layout, noisy)
+        if delta == 0:
+            return None
+        variance = 0.0
+        for j in contributors:  # a DP site adds the full noise, another site a 1/min_sites share of it
+            variance += noise_sd(delta / j.epsilon, 1.0 if j.dp else 1.0 / j.min_sites) ** 2
+        cells = ["/".join(str(x) for x in c) for c, flag in zip(layout_cells(self.layout), noisy, strict=True)
+                 if flag]
+        return {"mechanism": "distributed discrete Laplace (Polya shares; full local noise from DP sites)",
+                "epsilon": max(j.epsilon for j in contributors), "sensitivity": delta,
+                "sd": round(variance ** 0.5, 3), "cells": cells}
 
     def _unmask(self, masked: np.ndarray, active: list[int], dead: list[int], shares: dict[int, list[bytes]],
                 joined: dict[int, _Joined]) -> np.ndarray:
@@ -240,7 +306,8 @@ def secure_totals(grid: Grid, sites: Iterable[SiteAnswer], spec_json: dict[str, 
     if not candidates:
         return ConsortiumTotals(STATUS_WITHHELD, reason="no site answered: no secure total",
                                 min_sites=settings.min_sites)
-    layout = CountLayout.from_released([a.released for a in candidates.values()])  # type: ignore[misc]
+    layout = CountLayout.from_released([a.released for a in candidates.values()],  # type: ignore[misc]
+                                       settings.subsets)
     try:
         totals = _Protocol(grid, candidates, spec_json, layout, settings).run()
     except (ValueError, KeyError, TypeError, CohortError) as exc:  # a malformed reply: no total, the run goes on
@@ -262,5 +329,7 @@ def agree_with_totals(grid: Grid, answers: list[SiteAnswer], rule: AgreementRule
     if not participants:
         return apply_totals(agreement, None), ConsortiumTotals(
             STATUS_WITHHELD, reason="no site meets the per-site rule: no secure total", min_sites=settings.min_sites)
-    totals = secure_totals(grid, [a for a in answers if a.node_id in participants], spec_json, settings)
+    # Only the agreed subset is summed: the fewer cells need noise, the less noise each carries.
+    totals = secure_totals(grid, [a for a in answers if a.node_id in participants], spec_json,
+                           replace(settings, subsets=(rule.subset,)))
     return apply_totals(agreement, totals), totals

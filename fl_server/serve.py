@@ -65,7 +65,8 @@ def _secure_totals(report: dict[str, Any], subset: str | None) -> dict[str, Any]
             "contributors": _list(totals.get("contributors")),
             "cases": _dict(totals.get("subsets")).get(str(subset)) if subset else None,
             "labels": {k: labels.get(k) for k in LABEL_KEYS} if labels else None,
-            "min_cell_size": totals.get("min_cell_size")}
+            "min_cell_size": totals.get("min_cell_size"), "dropped": _list(totals.get("dropped")),
+            "noise": _dict(totals.get("noise")) or None}
 
 
 def _phase(report: dict[str, Any], rounds: list[dict[str, Any]], planned: int | None) -> str:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
+from cohort.errors import DisclosureError
 from cohort.release.disclosure import (
     SUPPRESSED,
     ReleasedCounts,
@@ -38,7 +39,6 @@ from cohort.release.disclosure import (
     hide_sum,
     secondary_suppression,
 )
-from cohort.errors import DisclosureError
 from cohort.results import ALL_SUBSET, LABEL_KEYS, Bin, CohortCounts, Distribution, SubsetCounts
 from cohort.siteconfig import DisclosurePolicy
 
@@ -67,10 +67,13 @@ class DistributionLayout:
 
 @dataclass(frozen=True)
 class CountLayout:
-    """The cells of a count vector, in order: sites, patients, per subset (count + labels), distributions."""
+    """The cells of a count vector, in order: sites, patients, per subset (count + labels), distributions.
+
+    ``patients=False``: the cohort's patient count is not summed (its cell stays 0 at every site)."""
 
     subsets: tuple[str, ...]
     distributions: tuple[DistributionLayout, ...] = ()
+    patients: bool = True
 
     @property
     def size(self) -> int:
@@ -84,17 +87,22 @@ class CountLayout:
         data = json.loads(text)
         dists = tuple(DistributionLayout(d["field"], d["subset"], d["kind"], tuple(BinSlot(**b) for b in d["bins"]))
                       for d in data.get("distributions", []))
-        return cls(tuple(data["subsets"]), dists)
+        return cls(tuple(data["subsets"]), dists, bool(data.get("patients", True)))
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @classmethod
-    def from_released(cls, answers: Sequence[ReleasedCounts]) -> CountLayout:
-        """The layout covering what the sites released: subsets present everywhere, every released bin."""
+    def from_released(cls, answers: Sequence[ReleasedCounts], only: Sequence[str] | None = None) -> CountLayout:
+        """The layout covering what the sites released: subsets present everywhere, every released bin.
+
+        ``only``: just these subsets, no distributions and no cohort count (the coordinator's agreed
+        subset: fewer noised cells, so less noise on each)."""
         if not answers:
             raise DisclosureError("no released answer to build a count layout from")
         subsets = [s for s in answers[0].subsets if all(s in a.subsets for a in answers)]
+        if only is not None:
+            return cls(tuple(s for s in subsets if s in only), (), patients=False)
         dists = []
         for i, first in enumerate(answers[0].distributions):
             same = [a.distributions[i] for a in answers if i < len(a.distributions)
@@ -128,7 +136,7 @@ def site_vector(counts: CohortCounts, layout: CountLayout, policy: DisclosurePol
     if missing:
         raise DisclosureError(f"the coordinator's count layout names subsets {missing} that this site's "
                               f"answer does not have (it has {sorted(counts.subsets)})")
-    vec = [1, counts.patients]
+    vec = [1, counts.patients if layout.patients else 0]
     for name in layout.subsets:
         sc = counts.subsets[name]
         vec += [sc.patients, *(getattr(sc, k) for k in LABEL_KEYS)]
@@ -143,6 +151,63 @@ def site_vector(counts: CohortCounts, layout: CountLayout, policy: DisclosurePol
     return vec
 
 
+# One cell of a count vector, named by what it counts: ("sites",), ("patients",), ("subset", name),
+# ("label", subset, key), ("contributes", distribution index), ("bin", distribution index, bin label).
+VectorCell = tuple[str | int, ...]
+STRUCTURAL = ("sites", "contributes", "omitted")  # cells every party knows (1 per site; whether a block
+# contributes; 0 for a count the layout leaves out)
+
+
+def layout_cells(layout: CountLayout) -> list[VectorCell]:
+    """What each cell of ``layout`` counts, in vector order."""
+    cells: list[VectorCell] = [("sites",), ("patients",) if layout.patients else ("omitted", "patients")]
+    for name in layout.subsets:
+        cells += [("subset", name), *(("label", name, k) for k in LABEL_KEYS)]
+    for i, slot in enumerate(layout.distributions):
+        cells += [("contributes", i), *(("bin", i, b.label) for b in slot.bins)]
+    return cells
+
+
+def known_cells(released: ReleasedCounts | None, layout: CountLayout) -> list[bool]:
+    """Per cell of ``layout``: does the coordinator already know this site's exact value from its plain
+    answer ``released`` (released exactly, or derivable from exactly released cells)? ``None`` (no plain
+    answer) knows nothing but the structural cells. A DP, noisy or rounded answer is never exact."""
+    out = []
+    for cell in layout_cells(layout):
+        kind = cell[0]
+        if kind in STRUCTURAL:
+            out.append(True)
+        elif released is None:
+            out.append(False)
+        elif kind == "patients":
+            out.append(_known(released, released.patients) is not None)
+        elif kind == "subset":
+            out.append(_known(released, released.subsets.get(str(cell[1]))) is not None)
+        elif kind == "label":
+            out.append(_known_label(released, str(cell[1]), str(cell[2])) is not None)
+        else:
+            out.append(_known(released, _dist_value(released, int(cell[1]), str(cell[2]))) is not None)
+    return out
+
+
+def noise_sensitivity(layout: CountLayout, noisy: Sequence[bool]) -> int:
+    """L1 sensitivity of the noisy cells to adding or removing one patient: the cohort count, each
+    subset's count, one label cell per subset, and (conservatively: a patient may have several values)
+    every noisy bin of a distribution."""
+    groups: set[tuple[str | int, ...]] = set()
+    bins = 0
+    for cell, flag in zip(layout_cells(layout), noisy, strict=True):
+        if not flag:
+            continue
+        if cell[0] == "bin":
+            bins += 1
+        elif cell[0] == "label":
+            groups.add(("labels", cell[1]))
+        else:
+            groups.add(cell)
+    return len(groups) + bins
+
+
 @dataclass
 class SummedCounts:
     """A decoded sum of count vectors: how many sites, the counts, contributors per distribution."""
@@ -150,6 +215,7 @@ class SummedCounts:
     sites: int
     counts: CohortCounts
     distribution_sites: list[int]
+    patients_summed: bool = True  # False: the layout left the cohort count out
 
 
 def decode(total: Sequence[int], layout: CountLayout) -> SummedCounts:
@@ -167,7 +233,7 @@ def decode(total: Sequence[int], layout: CountLayout) -> SummedCounts:
         dist_sites.append(next(it))
         bins = [Bin(b.label, next(it), b.low, b.high) for b in slot.bins]
         dists.append(Distribution(field=slot.field, kind=slot.kind, subset=slot.subset, bins=bins))  # type: ignore[arg-type]
-    return SummedCounts(sites, CohortCounts(patients, subsets, dists), dist_sites)
+    return SummedCounts(sites, CohortCounts(patients, subsets, dists), dist_sites, layout.patients)
 
 
 @dataclass
@@ -187,6 +253,9 @@ class ConsortiumTotals:
     distributions: list[ReleasedDistribution] = dc_field(default_factory=list)
     notes: list[str] = dc_field(default_factory=list)
     seconds: float = 0.0
+    # The noise on the cells not every contributor released exactly: mechanism, epsilon, sensitivity,
+    # the total's standard deviation and the noisy cells (None: no cell needed noise).
+    noise: dict[str, Any] | None = None
 
     @property
     def released(self) -> bool:
@@ -290,13 +359,24 @@ def _label_secondary_suppression(cells: list[int | None], raw: list[int], min_ce
 
 
 def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, min_cell: int,
-                   min_sites: int) -> ConsortiumTotals:
-    """Apply the release rule to a decoded sum; ``releases`` are the contributors' own answers."""
+                   min_sites: int, protected: bool = False) -> ConsortiumTotals:
+    """Apply the release rule to a decoded sum; ``releases`` are the contributors' own answers.
+
+    ``protected``: the sum came from the protocol of ``fl_client.secure_counts``, where every cell is
+    either public (every contributor released it exactly, so the coordinator knows the sum already) or
+    carries the sites' distributed noise (differentially private against whatever else the coordinator
+    knows). Then each cell is shown when it reaches the minimum cell, with no cross-check: the
+    subtraction the cross-check guards against yields a known value or a noisy one. Without it (a sum
+    of exact vectors) the cross-check below applies; a coordinator holding the raw sum is not bound by
+    it, which is why the sites add the noise themselves.
+    """
     out = ConsortiumTotals(STATUS_RELEASED, min_cell_size=min_cell, min_sites=min_sites)
     if summed.sites < min_sites:
         out.status = STATUS_WITHHELD
         out.reason = f"{summed.sites} sites contributed, fewer than min_sites={min_sites}"
         return out
+    if protected:
+        return _release_protected(summed, out)
     counts, check, n = summed.counts, _CrossCheck(min_cell, min_sites), summed.sites
     differenced = differencing_suppression(counts, min_cell)
     out.patients = SUPPRESSED if ALL_SUBSET in differenced else check.cell(
@@ -329,5 +409,26 @@ def release_totals(summed: SummedCounts, releases: Sequence[ReleasedCounts], *, 
             cells = hide_sum(cells, raw)
         rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": c}
                    for b, c in zip(d.bins, cells, strict=True)]
+        out.distributions.append(rd)
+    return out
+
+
+def _release_protected(summed: SummedCounts, out: ConsortiumTotals) -> ConsortiumTotals:
+    """Every cell of a protected sum at least the minimum cell, else suppressed (post-processing)."""
+    min_cell, counts = out.min_cell_size, summed.counts
+
+    def shown(v: int) -> int | None:
+        return v if v >= min_cell else SUPPRESSED
+
+    out.patients = shown(counts.patients) if summed.patients_summed else SUPPRESSED
+    for name, sc in counts.subsets.items():
+        out.subsets[name] = shown(sc.patients)
+        out.labels[name] = {k: shown(getattr(sc, k)) for k in LABEL_KEYS}
+    for d, sites in zip(counts.distributions, summed.distribution_sites, strict=True):
+        rd = ReleasedDistribution(field=d.field, subset=d.subset, kind=d.kind)
+        if sites < out.min_sites:
+            rd.refused = f"{sites} sites contributed to this distribution, fewer than min_sites={out.min_sites}"
+        else:
+            rd.bins = [{"label": b.label, "low": b.low, "high": b.high, "count": shown(b.count)} for b in d.bins]
         out.distributions.append(rd)
     return out

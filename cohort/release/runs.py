@@ -55,3 +55,15 @@ class RunRegistry:
         finally:
             con.close()
         return json.loads(row[0]) if row else None
+
+    def latest(self, account: str, spec_hash: str) -> dict[str, Any] | None:
+        """What the site last released to ``account`` for ``spec_hash`` in any run, or None."""
+        if not self.path.exists():
+            return None
+        con = self._connect()
+        try:
+            row = con.execute("SELECT released FROM negotiated WHERE account = ? AND spec_hash = ? "
+                              "ORDER BY time DESC, rowid DESC LIMIT 1", (account, spec_hash)).fetchone()
+        finally:
+            con.close()
+        return json.loads(row[0]) if row else None

@@ -1,8 +1,11 @@
 """``cohort synth``: write a consortium of synthetic sites, each with heterogeneous raw exports.
 
 Per site: ``OUT/<site-id>/raw/...`` (what the hospital's systems export), ``OUT/<site-id>/site.yaml``
-(the site's config for ``cohort ingest``) and ``OUT/<site-id>/truth.csv`` (the generative model's
-label and true probability per patient: for evaluation only, never part of the raw exports).
+(the site's config for ``cohort ingest``), ``OUT/<site-id>/identity.key`` and ``roster.yaml`` (its
+Ed25519 identity key for secure totals, and its copy of the consortium roster of every site's public
+key; ``OUT/roster.yaml`` is the same roster) and ``OUT/<site-id>/truth.csv``
+(the generative model's label and true probability per patient: for evaluation only, never part of the
+raw exports).
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from cohort.identity import IDENTITY_FILE, ROSTER_FILE, load_identity, write_roster, write_synthetic_identity
 from cohort.processes import usable_cores, worker_context
+from cohort.siteconfig import load_site_config
 from cohort.synth.model import SyntheticPatient, generate_site
 from cohort.synth.profiles import SiteProfile, profile_for_site
 from cohort.synth.writers.ct import write_ct_series
@@ -106,7 +111,9 @@ def synthesize_site(profile: SiteProfile, n_patients: int, seed: int, out: Path,
     files += write_tables(patients, profile, raw_dir)
     if progress:
         progress(profile.site_id, len(patients), len(patients))
-    config = profile.config.model_copy(update={"pseudonym_key": site_key(seed, profile.site_id)})
+    write_synthetic_identity(folder, seed, profile.site_id)  # signs its part in secure totals
+    config = profile.config.model_copy(update={"pseudonym_key": site_key(seed, profile.site_id),
+                                               "identity_key": IDENTITY_FILE, "roster": ROSTER_FILE})
     site_yaml = folder / "site.yaml"
     site_yaml.write_text(config.to_yaml(), encoding="utf-8")
     _write_truth(folder / "truth.csv", patients)
@@ -127,6 +134,9 @@ def synthesize_consortium(out: Path, sites: int, patients: int | list[int], seed
                                         "prevalence": round(s.prevalence, 4),
                                         "site_config": str(s.site_config.relative_to(out))} for s in written]}
     (out / "consortium.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    roster = {s.site_id: load_identity(load_site_config(s.site_config)).public_key() for s in written}
+    for path in [out / ROSTER_FILE, *(s.folder / ROSTER_FILE for s in written)]:  # every site keeps a copy
+        write_roster(path, roster)
     return written
 
 
