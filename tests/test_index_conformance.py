@@ -1,8 +1,7 @@
-"""The shared conformance list on every backend: DuckDB always, OpenSearch when a server is given."""
+"""The shared conformance list on every backend: DuckDB, and OpenSearch live (the bundled node started by
+the session fixture ``opensearch_url``, or the cluster at $COHORT_OPENSEARCH_URL)."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
@@ -11,8 +10,6 @@ from cohort.index.compile_duck import evaluate
 from cohort.results import CohortCounts
 from cohort.spec.model import CohortSpec
 from tests.conformance_cases import CASES, Case, build_duck_index, build_objects
-
-OPENSEARCH_URL = os.environ.get("COHORT_OPENSEARCH_URL")
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +50,11 @@ def test_duckdb(case: Case, duck) -> None:
 
 
 @pytest.fixture(scope="module")
-def opensearch():
-    if not OPENSEARCH_URL:
-        pytest.skip("COHORT_OPENSEARCH_URL is not set: OpenSearch conformance not run")
+def opensearch(opensearch_url: str):
     from cohort.index.opensearch_backend import OpenSearchBackend
 
-    backend = OpenSearchBackend.connect(OPENSEARCH_URL, index_name="cohort-conformance-test")
-    backend.recreate()
+    backend = OpenSearchBackend.connect(opensearch_url, index_name="cohort-conformance-test")
+    backend.recreate(replicas=0)
     with build_duck_index() as duck_index:
         backend.index_from_duck(duck_index)
     yield backend

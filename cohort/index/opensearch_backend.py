@@ -232,10 +232,16 @@ class OpenSearchBackend:
 
         return cls(OpenSearch(hosts=[url], **kwargs), index_name)
 
-    def recreate(self) -> None:
-        """Drop and create the index with the nested mapping."""
+    def recreate(self, *, shards: int | None = None, replicas: int | None = None) -> None:
+        """Drop and create the index with the nested mapping (cluster defaults unless shards/replicas given)."""
         self.drop()
-        self.client.indices.create(index=self.index_name, body=MAPPING)
+        body: dict[str, Any] = {"mappings": MAPPING["mappings"],
+                                "settings": {"index": dict(MAPPING["settings"]["index"])}}
+        if shards is not None:
+            body["settings"]["index"]["number_of_shards"] = shards
+        if replicas is not None:
+            body["settings"]["index"]["number_of_replicas"] = replicas
+        self.client.indices.create(index=self.index_name, body=body)
 
     def drop(self) -> None:
         """Delete the index if it exists."""
@@ -246,7 +252,14 @@ class OpenSearchBackend:
         from opensearchpy import helpers
 
         actions = ({"_index": self.index_name, **doc} for doc in documents_from_duck(index))
-        ok, _ = helpers.bulk(self.client, actions, chunk_size=chunk_size, refresh="wait_for")
+        # No refresh while loading (one per bulk request made every chunk wait for a refresh); the final
+        # refresh makes every document searchable before this returns, as before.
+        self.client.indices.put_settings(index=self.index_name, body={"index": {"refresh_interval": "-1"}})
+        try:
+            ok, _ = helpers.bulk(self.client, actions, chunk_size=chunk_size)
+        finally:
+            self.client.indices.put_settings(index=self.index_name, body={"index": {"refresh_interval": None}})
+            self.client.indices.refresh(index=self.index_name)
         return int(ok)
 
     def count(self, query: Query) -> int:
