@@ -300,15 +300,28 @@ def run_federations(sites_dir: Path, work: Path, runs: dict[str, str], n_sites: 
     return out
 
 
-def _check_federation(name: str, report: dict[str, Any], train_sets: dict[str, list[Any]]) -> None:
+def _check_federation(name: str, report: dict[str, Any], sites: list[SiteData],
+                      train_sets: dict[str, list[Any]]) -> None:
+    """The federation trained on what the sites' ClientApps read: the export without the test patients.
+
+    The replies' ``num-examples`` no longer tell (the release gate derives them from the released subset
+    count), so the check reads each site's export, as the experimenter who runs every site may.
+    """
+    from fl_client.data import load_datalist
+    from fl_client.local import export_dir
+
     participating = set(report["agreement"]["participating_sites"])
     if participating != set(train_sets):
         log(f"WARNING: {name} trained on {sorted(participating)} only: {report['agreement']['sites']}")
-    for r in report["rounds"]:
-        for site_id, m in r["train"].items():
-            if m["num-examples"] != len(train_sets[site_id]):
-                raise SystemExit(f"{name}/{site_id}: the federation trained on {m['num-examples']} samples, "
-                                 f"expected {len(train_sets[site_id])}: the test split leaked or was lost")
+    for sd in sites:
+        if sd.site_id not in participating:
+            continue
+        used = {e.patient for e in load_datalist(export_dir(sd.site, report["spec"], SUBSET)).entries}
+        leaked = used & {e.patient for e in sd.test}
+        missing = {e.patient for e in train_sets[sd.site_id]} - used
+        if leaked or missing:
+            raise SystemExit(f"{name}/{sd.site_id}: the federation's export holds {len(leaked)} test patients and "
+                             f"lacks {len(missing)} training patients: the test split leaked or was lost")
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -383,7 +396,7 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
                                                                preds["pooled"][s.site_id])
         for key in ("fedavg", "other"):
             report, weights = fed[f"{key}-s{seed}"]
-            _check_federation(key, report, {sid: sp[0] for sid, sp in splits.items()})
+            _check_federation(key, report, sites, {sid: sp[0] for sid, sp in splits.items()})
             from fl_client.normalization import NormStats
 
             stats = NormStats.from_json(json.dumps(report["training"]["norm_stats"]))

@@ -272,21 +272,25 @@ def test_a_shifted_time_window_cannot_be_differenced(site: Consortium, run_cfg: 
 
 def test_noise_differs_between_questions_and_repeats_for_the_same_one(site: Consortium,
                                                                       run_cfg: dict[str, Any]) -> None:
-    site.set_policy(0, noise_scale=3.0)
+    site.set_policy(0, noise_scale=20.0)  # wide noise: equal offsets by chance are improbable
     grid = LocalGrid(site)
     spec_a = _spec(run_cfg)
-    spec_b = copy.deepcopy(spec_a)
-    spec_b["objects"]["ecg"]["within"]["min_days"] = -20  # another question: far fewer ECGs qualify
-    a, b = _released(_ask(grid, spec_a)), _released(_ask(grid, spec_b))
-    assert _cells(_released(_ask(grid, spec_a))) == _cells(a)  # a repeat is the same answer
-    raw_a, raw_b = _raw_cells(_raw(site, spec_a)), _raw_cells(_raw(site, spec_b))
-    ca, cb = _cells(a), _cells(b)
-    changed = [k for k in ca.keys() & cb.keys() if raw_a[k] != raw_b[k]]
-    assert len(changed) >= 2, (ca, cb)
+    a = _released(_ask(grid, spec_a))
+    raw_a, ca = _raw_cells(_raw(site, spec_a)), _cells(a)
     # Before the gate every answer drew its noise from one seed: the same offsets cell by cell, so the
-    # noisy differences were the exact ones. Now each cell's noise is keyed on its patient set.
-    offsets = [(ca[k] - raw_a[k], cb[k] - raw_b[k]) for k in changed]
-    assert any(x != y for x, y in offsets), offsets
+    # noisy differences were the exact ones. Now each cell's noise is keyed on its patient set: other
+    # questions (far fewer ECGs qualify) get independent offsets.
+    pairs: dict[tuple[int, int], tuple[int, int]] = {}  # (true a, true b) -> (offset a, offset b)
+    for days in (-20, -45):
+        spec_b = copy.deepcopy(spec_a)
+        spec_b["objects"]["ecg"]["within"]["min_days"] = days
+        raw_b, cb = _raw_cells(_raw(site, spec_b)), _cells(_released(_ask(grid, spec_b)))
+        for k in ca.keys() & cb.keys():
+            if raw_a[k] != raw_b[k]:  # another patient set: its own noise
+                pairs[(raw_a[k], raw_b[k])] = (ca[k] - raw_a[k], cb[k] - raw_b[k])
+    assert len(pairs) >= 3, pairs
+    assert any(x != y for x, y in pairs.values()), pairs
+    assert _cells(_released(_ask(grid, spec_a))) == ca  # a repeat is the same answer
 
 
 # ------------------------------------------------------------------------------ one catalog per store
