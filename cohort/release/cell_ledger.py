@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cohort.release.secret import set_digest
+from cohort.release.store_db import site_db
 
 LEDGER_FILE = Path("release") / "cells.sqlite"
 
@@ -104,27 +105,12 @@ class CellLedger:
     @contextmanager
     def answer(self, account: str, min_cell: int) -> Iterator[LedgerCheck]:
         """Check and record one answer atomically (the transaction commits when the block ends)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        try:
-            con.executescript(_SCHEMA)
-            con.execute("BEGIN IMMEDIATE")
+        with site_db(self.path, _SCHEMA, write=True) as con:
             yield LedgerCheck(con, account, self.secret, min_cell)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
 
     def released_cells(self, account: str) -> int:
         if not self.path.exists():
             return 0
-        con = sqlite3.connect(self.path)
-        try:
-            con.executescript(_SCHEMA)
+        with site_db(self.path, _SCHEMA) as con:
             (n,) = con.execute("SELECT count(*) FROM released_cells WHERE account = ?", (account,)).fetchone()
-        finally:
-            con.close()
         return int(n)

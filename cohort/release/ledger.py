@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cohort.errors import DisclosureError
+from cohort.release.store_db import site_db
 
 LEDGER_FILE = "privacy_ledger.sqlite"
 BUDGET_POLICY_KEY = "disclosure.dp_budget"
@@ -52,23 +52,8 @@ class PrivacyLedger:
     def __init__(self, store: Path) -> None:
         self.path = Path(store) / LEDGER_FILE
 
-    @contextmanager
-    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            con.executescript(_SCHEMA)
-            if write:
-                con.execute("BEGIN IMMEDIATE")
-            yield con
-            if write:
-                con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
+    def _db(self, write: bool = False) -> AbstractContextManager[sqlite3.Connection]:
+        return site_db(self.path, _SCHEMA, write=write, timeout=30)
 
     def spent(self, account: str) -> float:
         """Epsilon spent so far by ``account``."""

@@ -9,10 +9,11 @@ negotiation here and looks it up for every later message of the run. Kept per co
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from cohort.release.store_db import site_db
 
 RUNS_FILE = Path("release") / "runs.sqlite"
 
@@ -29,41 +30,25 @@ class RunRegistry:
     def __init__(self, store: Path) -> None:
         self.path = Path(store) / RUNS_FILE
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = sqlite3.connect(self.path, timeout=60)
-        con.executescript(_SCHEMA)
-        return con
-
     def record(self, account: str, run_id: str, spec_hash: str, released: dict[str, Any]) -> None:
         """The site answered ``spec_hash`` in ``run_id`` with ``released`` (a later answer replaces it)."""
-        con = self._connect()
-        try:
-            with con:
-                con.execute("INSERT OR REPLACE INTO negotiated VALUES (?, ?, ?, ?, ?)",
-                            (account, run_id, spec_hash, json.dumps(released, sort_keys=True),
-                             datetime.now(UTC).isoformat(timespec="seconds")))
-        finally:
-            con.close()
+        with site_db(self.path, _SCHEMA, write=True) as con:
+            con.execute("INSERT OR REPLACE INTO negotiated VALUES (?, ?, ?, ?, ?)",
+                        (account, run_id, spec_hash, json.dumps(released, sort_keys=True),
+                         datetime.now(UTC).isoformat(timespec="seconds")))
 
     def released(self, account: str, run_id: str, spec_hash: str) -> dict[str, Any] | None:
         """What the site released for ``spec_hash`` in ``run_id``, or None when it never answered it."""
-        con = self._connect()
-        try:
+        with site_db(self.path, _SCHEMA) as con:
             row = con.execute("SELECT released FROM negotiated WHERE account = ? AND run_id = ? AND spec_hash = ?",
                               (account, run_id, spec_hash)).fetchone()
-        finally:
-            con.close()
         return json.loads(row[0]) if row else None
 
     def latest(self, account: str, spec_hash: str) -> dict[str, Any] | None:
         """What the site last released to ``account`` for ``spec_hash`` in any run, or None."""
         if not self.path.exists():
             return None
-        con = self._connect()
-        try:
+        with site_db(self.path, _SCHEMA) as con:
             row = con.execute("SELECT released FROM negotiated WHERE account = ? AND spec_hash = ? "
                               "ORDER BY time DESC, rowid DESC LIMIT 1", (account, spec_hash)).fetchone()
-        finally:
-            con.close()
         return json.loads(row[0]) if row else None
