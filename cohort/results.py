@@ -14,6 +14,10 @@ from typing import Any, Literal
 STANDARD_SUBSETS = ("CT", "ECG", "CT+ECG")
 ALL_SUBSET = "cohort"  # the whole cohort, the default subset of distributions
 LABEL_KEYS = ("positive", "negative", "unknown")
+# One cell of an answer: ("cohort",), ("subset", name), ("label", subset, label key) or
+# ("bin", distribution index, bin label). The index lists the patients behind each (for the site's
+# release gate); the release rules and the differencing ledger name cells this way.
+CellKey = tuple[str | int, ...]
 
 
 @dataclass

@@ -43,18 +43,10 @@ from fl_client.app_release import (
     sign_release,
 )
 from tests.conftest import IngestedSite
-from tests.test_deployment import local
+from tests.test_deployment import _flower_env, local  # noqa: F401  (_flower_env: autouse here too)
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE_BASE = "site_id: s1\nstore: store\npseudonym_key: 0123456789abcdef0123\n"
-
-
-@pytest.fixture(autouse=True)
-def _flower_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "flwr-home"))
-    monkeypatch.setenv("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    monkeypatch.setenv("FLWR_DISABLE_UPDATE_CHECK", "1")
-    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "0")
 
 
 def _site(tmp_path: Path, extra: str = "", *, store: bool = False) -> Path:

@@ -56,7 +56,7 @@ from cohort.index.plan import (
     build_plan,
 )
 from cohort.index.schema import IMAGE_KINDS, KIND_BITS
-from cohort.results import ALL_SUBSET, Bin, CohortCounts, Distribution, SubsetCounts
+from cohort.results import ALL_SUBSET, Bin, CellKey, CohortCounts, Distribution, SubsetCounts
 from cohort.spec.model import And, CohortSpec, Expr, Not, Or
 
 _SEGMENT_CODED = {"segment_category": "category", "segment_type": "type", "anatomic_region": "anatomic_region"}
@@ -502,11 +502,6 @@ def evaluate(index: DuckIndex, spec: CohortSpec) -> CohortCounts:
     return _counts(query.plan, counts_row, found)
 
 
-# A cell of an answer, as ``evaluate_members`` names it: ("cohort",), ("subset", name),
-# ("label", subset, positive|negative|unknown) or ("bin", distribution index, bin label).
-CellKey = tuple[str | int, ...]
-
-
 def evaluate_members(index: DuckIndex, spec: CohortSpec) -> tuple[CohortCounts, dict[CellKey, tuple[str, ...]]]:
     """``evaluate``'s counts and, for every cell, the PatientIDs behind it (sorted).
 
@@ -549,8 +544,14 @@ def _distribution_bins(d: DistributionPlan, found: dict[str, list[str]]) -> dict
     """Bin label -> patient ids, with the labels ``_distribution`` gives the bins."""
     if d.bins is None:
         return dict(found)
+    return {label: found.get(str(k), []) for k, (label, _, _) in enumerate(_histogram_bins(d))}
+
+
+def _histogram_bins(d: DistributionPlan) -> list[tuple[str, float, float]]:
+    """(label, low, high) of each bin of a histogram, in the units the spec gave."""
+    assert d.bins is not None
     shown = d.bin_edges_shown or d.bins
-    return {f"{shown[k]:g}-{shown[k + 1]:g}": found.get(str(k), []) for k in range(len(d.bins) - 1)}
+    return [(f"{shown[k]:g}-{shown[k + 1]:g}", shown[k], shown[k + 1]) for k in range(len(d.bins) - 1)]
 
 
 def _counts(plan: Plan, counts_row: list[int], found: dict[int, dict[str, int]]) -> CohortCounts:
@@ -569,9 +570,7 @@ def _distribution(d: DistributionPlan, found: dict[str, int]) -> Distribution:
     fi = d.field
     bins: list[Bin] = []
     if d.bins is not None:
-        shown = d.bin_edges_shown or d.bins
-        for k in range(len(d.bins) - 1):
-            bins.append(Bin(f"{shown[k]:g}-{shown[k + 1]:g}", found.get(str(k), 0), shown[k], shown[k + 1]))
+        bins = [Bin(label, found.get(str(k), 0), low, high) for k, (label, low, high) in enumerate(_histogram_bins(d))]
     else:
         bins = [Bin(label, count) for label, count in sorted(found.items())]
     return Distribution(field=fi.name, kind="histogram" if d.bins is not None else "categories",

@@ -11,8 +11,11 @@ Rules (the site's policy wins; a request can only make them stricter):
   to released cells.
 * Differencing: totals of nested subsets (cohort, CT, CT+ECG, ...) that differ by less than the
   minimum cell are not both released; the larger is suppressed, and its parts no longer add up.
-* Histograms with more bins than ``histogram_bin_cap`` and fields outside the allowlist are refused
-  per distribution; identifying fields refuse the whole query.
+* Histograms with more bins than ``histogram_bin_cap``, fields outside the allowlist and a second bin
+  layout of a field already binned in the same query are refused per distribution; identifying fields
+  refuse the whole query.
+* Noise per cell comes from a source the caller gives (the release gate keys it on the cell's patient
+  set), and cells the caller blocks (the differencing ledger's verdict) are suppressed like small ones.
 * Differential privacy (``dp_epsilon`` set): discrete Laplace noise instead of exact counts
   (``release_dp``); the budget per coordinator is kept by ``cohort.release.ledger``.
 """
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from cohort.errors import DisclosureError
-from cohort.results import ALL_SUBSET, LABEL_KEYS, CohortCounts, Distribution
+from cohort.results import ALL_SUBSET, LABEL_KEYS, CellKey, CohortCounts, Distribution
 from cohort.siteconfig import DisclosurePolicy
 from cohort.spec.privacy import IDENTIFYING_FIELDS, is_identifying
 
@@ -92,9 +95,6 @@ def check_fields(fields: list[str], policy: DisclosurePolicy) -> None:
                               f"({', '.join(sorted(IDENTIFYING_FIELDS))}) are never counted or released")
 
 
-# A cell of an answer (``cohort.index.compile_duck.CellKey``): ("cohort",), ("subset", name),
-# ("label", subset, label key) or ("bin", distribution index, bin label).
-CellKey = tuple[str | int, ...]
 # Keyed noise per cell (``cohort.release.gate``): the generator for one cell's draw.
 NoiseSource = Callable[[CellKey], np.random.Generator]
 

@@ -33,7 +33,6 @@ from cohort.errors import CohortError, DisclosureError
 from cohort.protocol import NODE_COORDINATOR_ID, STATUS_ANSWERED, STATUS_ERROR, STATUS_REFUSED
 from cohort.release.cell_ledger import CellLedger
 from cohort.release.disclosure import (
-    CellKey,
     ReleasedCounts,
     audit,
     check_fields,
@@ -45,8 +44,8 @@ from cohort.release.disclosure import (
 )
 from cohort.release.ledger import PrivacyLedger
 from cohort.release.runs import RunRegistry
-from cohort.release.secret import keyed_rng, patient_digests, set_digest, site_secret
-from cohort.results import CohortCounts
+from cohort.release.secret import cell_digests, keyed_rng, set_digest, site_secret
+from cohort.results import CellKey, CohortCounts
 from cohort.siteconfig import SiteConfig
 from cohort.spec.model import CohortSpec
 from cohort.spec.privacy import IdentifyingRequestError, check_free_text, check_privacy, free_text_fields
@@ -234,7 +233,7 @@ class ReleaseGate:
                  dp: bool) -> ReleasedCounts:
         """Release under the policy, then withhold what the differencing ledger finds, until stable."""
         counts, members = local_members(self.site, spec)
-        digests = {k: patient_digests(self.secret, ids) for k, ids in members.items()}
+        digests = cell_digests(self.secret, members)
         policy = self.site.disclosure
         mechanism = f"dp:{policy.dp_epsilon}" if dp else f"laplace:{policy.noise_scale}"
 

@@ -17,13 +17,15 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 SECRET_FILE = Path("release") / "site.key"
 SECRET_BYTES = 32
+K = TypeVar("K", bound=Hashable)
 
 
 def site_secret(store: Path) -> bytes:
@@ -52,11 +54,21 @@ def _read(path: Path) -> bytes:
     return key
 
 
+def patient_digest(secret: bytes, patient_id: str) -> int:
+    """The 64-bit keyed digest of one PatientID."""
+    return int.from_bytes(hmac.new(secret, b"patient\0" + patient_id.encode(), hashlib.sha256).digest()[:8], "big")
+
+
 def patient_digests(secret: bytes, patient_ids: Iterable[str]) -> np.ndarray:
     """Sorted, unique uint64 keyed digests of ``patient_ids``."""
-    out = [int.from_bytes(hmac.new(secret, b"patient\0" + p.encode(), hashlib.sha256).digest()[:8], "big")
-           for p in patient_ids]
-    return np.unique(np.array(out, dtype=np.uint64))
+    return np.unique(np.array([patient_digest(secret, p) for p in patient_ids], dtype=np.uint64))
+
+
+def cell_digests(secret: bytes, members: Mapping[K, Iterable[str]]) -> dict[K, np.ndarray]:
+    """``patient_digests`` of every cell, hashing each patient once (cells share most of their patients)."""
+    cells = {k: list(ids) for k, ids in members.items()}
+    digest = {p: patient_digest(secret, p) for p in {p for ids in cells.values() for p in ids}}
+    return {k: np.unique(np.array([digest[p] for p in ids], dtype=np.uint64)) for k, ids in cells.items()}
 
 
 def set_digest(secret: bytes, digests: np.ndarray) -> str:
