@@ -106,15 +106,20 @@ _IMAGE_ATTRS = {"body_part": "BodyPartExamined", "slice_thickness": "SliceThickn
 
 
 def load_template_defs(dirs: Iterable[Path] = (TEMPLATE_DIR,)) -> tuple[dict[str, str], dict[str, dict[str, FieldDef]]]:
-    """Document title ("CODE SCHEME") -> template key, and template key -> its fields, from the YAML."""
+    """Document title ("CODE SCHEME", or "CODE SCHEME|CONCEPT" for templates that also need a content
+    concept) -> template key, and template key -> its fields, from the YAML."""
     titles: dict[str, str] = {}
     fields: dict[str, dict[str, FieldDef]] = defaultdict(dict)
     for d in dirs:
         for path in sorted(Path(d).glob("*.yaml")):
             raw = yaml.safe_load(path.read_text(encoding="utf-8"))
             key = raw["key"]
+            marks = tuple(raw.get("content_concepts") or [])
             for t in raw.get("document_titles") or []:
-                titles[t] = key
+                if marks:  # claims the title only for SRs with one of these concepts in their content
+                    titles.update({f"{t}|{c}": key for c in marks})
+                else:
+                    titles[t] = key
             for name, f in (raw.get("fields") or {}).items():
                 fields[key][name] = FieldDef(name, f["type"], f.get("unit"),
                                              tuple((str(a), str(c)) for a, c in (f.get("values") or {}).items()),
@@ -338,7 +343,12 @@ class Oracle:
         self._add_text(ent, "completion_flag", ds.get("CompletionFlag"))
         self._add_text(ent, "verification_flag", ds.get("VerificationFlag"))
         title = _code(ds.get("ConceptNameCodeSequence"))
-        ent.template = self.titles.get(f"{title[0]} {title[1]}") if title else None
+        ent.template = None
+        if title:
+            key = f"{title[0]} {title[1]}"
+            seen = {concepts[-1] for concepts, _, _ in _walk_sr(ds.get("ContentSequence", []), (), ())}
+            marked = [self.titles[f"{key}|{c}"] for c in sorted(seen) if f"{key}|{c}" in self.titles]
+            ent.template = marked[0] if marked else self.titles.get(key)
         fields = self.templates.get(ent.template or "", {})
         for concepts, chain, item in _walk_sr(ds.get("ContentSequence", []), (), ()):
             for f in fields.values():

@@ -85,10 +85,28 @@ def export(
 
 
 @app.command()
-def reindex(store: Annotated[Path, typer.Option(help="store folder")]) -> None:
+def reindex(store: Annotated[Path, typer.Option(help="store folder")],
+            derive: Annotated[bool, typer.Option(help="first write the measurement SRs of stored SEGs that lack "
+                                                      "one (stores ingested before derivation existed)")] = False,
+            ) -> None:
     """Rebuild the SR items of the index after template extraction configs changed."""
     from cohort.index.duck import reindex as do_reindex
 
+    if derive:
+        from cohort.index.publish import update_index
+        from cohort.ingest.derive import derive_measurements
+        from cohort.store import Store
+
+        site_store = Store(store)
+        result = derive_measurements(site_store)
+        written = [site_store.sop_paths()[o.sop_uid] for o in result.objects if o.written]
+        if written:
+            with update_index(site_store.root) as idx:
+                idx.add_files(written)
+        for _, reason in result.problems:
+            console.print(f"[yellow]{reason}[/]")
+        console.print(f"derived {result.written} measurement SRs ({len(result.objects) - result.written} "
+                      "already stored)")
     with progress_callback(True) as cb:
         n = do_reindex(store, progress=lambda done, total: cb("reindexing", done, total))
     console.print(f"reindexed {n} objects")

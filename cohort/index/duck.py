@@ -23,7 +23,7 @@ import numpy as np
 
 from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo, field_catalog
-from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows
+from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows, template_of
 from cohort.index.schema import (
     DERIVED,
     ENTITY_TABLES,
@@ -36,7 +36,7 @@ from cohort.index.schema import (
     kind_bits_sql,
     written_columns,
 )
-from cohort.index.templates import SR_VALUE_TYPES, TemplateConfig, load_templates, template_for_title
+from cohort.index.templates import SR_VALUE_TYPES, TemplateConfig, load_templates
 from cohort.processes import worker_context
 
 INDEX_FILE = "index.duckdb"
@@ -363,9 +363,7 @@ class DuckIndex:
         new_templates: list[tuple[str | None, int]] = []
         for n, (eid, path) in enumerate(srs, 1):
             ds = read_dataset(path)
-            title = ds.get("ConceptNameCodeSequence")
-            key = template_for_title(templates, str(title[0].CodeValue), str(title[0].CodingSchemeDesignator)) \
-                if title and "CodeValue" in title[0] else None
+            key = template_of(ds, templates)
             items, concepts, _ = sr_rows(ds, templates.get(key) if key else None)
             batch.rows["items"] += [(eid, *r) for r in items]
             batch.rows["concepts"] += [(eid, *c) for c in concepts]

@@ -23,6 +23,7 @@ from cohort.index.templates import (
     TemplateConfig,
     TemplateField,
     code_key,
+    needs_content_concepts,
     template_for_title,
 )
 from cohort.spec import units
@@ -116,8 +117,7 @@ def extract_dataset(ds: Dataset, templates: dict[str, TemplateConfig]) -> Extrac
     elif kind == "SR":
         out.attributes += _text_attr("completion_flag", ds.get("CompletionFlag"))
         out.attributes += _text_attr("verification_flag", ds.get("VerificationFlag"))
-        title = _code(ds.get("ConceptNameCodeSequence"))
-        out.template = template_for_title(templates, title[0], title[1]) if title else None
+        out.template = template_of(ds, templates)
         out.refs = _evidence_refs(ds)
         template = templates.get(out.template) if out.template else None
         out.items, out.concepts, content_refs = sr_rows(ds, template)
@@ -126,6 +126,18 @@ def extract_dataset(ds: Dataset, templates: dict[str, TemplateConfig]) -> Extrac
 
 
 # --- SR content ------------------------------------------------------------------------------------
+
+def template_of(ds: Dataset, templates: dict[str, TemplateConfig]) -> str | None:
+    """The template key of an SR: by its document title, and by its content's concepts where configs
+    with ``content_concepts`` share that title (TID 1500 landmarks vs derived measurements)."""
+    title = _code(ds.get("ConceptNameCodeSequence"))
+    if not title:
+        return None
+    concepts: set[str] = set()
+    if needs_content_concepts(templates, title[0], title[1]):
+        concepts = {path[-1] for path, _, _ in _walk(ds.get("ContentSequence", []), (), ())}
+    return template_for_title(templates, title[0], title[1], concepts)
+
 
 @dataclass(frozen=True)
 class _Node:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +73,9 @@ class TemplateConfig:
     document_titles: tuple[str, ...]
     fields: dict[str, TemplateField]
     sources: tuple[str, ...] = ()  # config files it was read from
+    # "CODE SCHEME" concepts of which one must name some content item of the SR, for templates that
+    # share a document title with another one (e.g. TID 1500 landmarks vs derived measurements).
+    content_concepts: tuple[str, ...] = ()
 
     def fields_for_path(self, concept_path: tuple[str, ...]) -> list[TemplateField]:
         """Fields whose path pattern matches ``concept_path`` (cached per template and path)."""
@@ -130,9 +133,10 @@ def _load_cached(dirs: tuple[str, ...], mtimes: tuple[tuple[str, float], ...]) -
         path = Path(path_str)
         raw = _read_yaml(path)
         key = raw["key"]
-        entry = merged.setdefault(key, {"title": "", "titles": [], "fields": {}, "sources": []})
+        entry = merged.setdefault(key, {"title": "", "titles": [], "fields": {}, "sources": [], "concepts": []})
         entry["title"] = entry["title"] or str(raw.get("title", key))
         entry["titles"] += [t for t in _titles(raw, path) if t not in entry["titles"]]
+        entry["concepts"] += [c for c in _titles(raw, path, "content_concepts") if c not in entry["concepts"]]
         entry["sources"].append(str(path))
         for name, fdef in (raw.get("fields") or {}).items():
             if name in entry["fields"]:
@@ -142,7 +146,8 @@ def _load_cached(dirs: tuple[str, ...], mtimes: tuple[tuple[str, float], ...]) -
                 )
             entry["fields"][name] = _field(name, fdef, path)
     templates = {
-        key: TemplateConfig(key, e["title"], tuple(e["titles"]), e["fields"], tuple(e["sources"]))
+        key: TemplateConfig(key, e["title"], tuple(e["titles"]), e["fields"], tuple(e["sources"]),
+                            tuple(e["concepts"]))
         for key, e in merged.items()
     }
     _check_titles_unique(templates)
@@ -156,17 +161,17 @@ def _read_yaml(path: Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
         raise ConfigError(f"{path}: a template config needs a top-level mapping with 'key: <template key>'")
-    unknown = set(raw) - {"key", "title", "document_titles", "fields", "description"}
+    unknown = set(raw) - {"key", "title", "document_titles", "content_concepts", "fields", "description"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level setting(s) {sorted(unknown)}; "
-                          "valid: key, title, description, document_titles, fields")
+                          "valid: key, title, description, document_titles, content_concepts, fields")
     return raw
 
 
-def _titles(raw: dict, path: Path) -> list[str]:
-    titles = raw.get("document_titles") or []
+def _titles(raw: dict, path: Path, setting: str = "document_titles") -> list[str]:
+    titles = raw.get(setting) or []
     if not isinstance(titles, list) or not all(isinstance(t, str) and len(t.split()) == 2 for t in titles):
-        raise ConfigError(f"{path}: document_titles must be a list of 'CODE SCHEME' strings, "
+        raise ConfigError(f"{path}: {setting} must be a list of 'CODE SCHEME' strings, "
                           "e.g. ['11524-6 LN']")
     return list(titles)
 
@@ -216,19 +221,46 @@ def _field(name: str, fdef: object, path: Path) -> TemplateField:
 
 
 def _check_titles_unique(templates: dict[str, TemplateConfig]) -> None:
+    """A document title identifies one template, except that templates with ``content_concepts`` may
+    share it with each other (with distinct concepts) and with one template without them (the default)."""
     owner: dict[str, str] = {}
+    concept_owner: dict[tuple[str, str], str] = {}
     for key, t in templates.items():
         for title in t.document_titles:
+            if t.content_concepts:
+                for c in t.content_concepts:
+                    if concept_owner.get((title, c), key) != key:
+                        raise ConfigError(f"document title {title!r} with content concept {c!r} identifies both "
+                                          f"templates {concept_owner[(title, c)]!r} and {key!r} "
+                                          f"({', '.join(t.sources)}); keep it in one")
+                    concept_owner[(title, c)] = key
+                continue
             if owner.get(title, key) != key:
                 raise ConfigError(f"document title {title!r} identifies both templates {owner[title]!r} "
                                   f"and {key!r} ({', '.join(t.sources)}); keep it in one")
             owner[title] = key
 
 
-def template_for_title(templates: dict[str, TemplateConfig], value: str, scheme: str) -> str | None:
-    """The key of the template whose document title is (value, scheme), None if no config names it."""
+def needs_content_concepts(templates: dict[str, TemplateConfig], value: str, scheme: str) -> bool:
+    """True when a template with ``content_concepts`` claims this document title (the tree decides)."""
     title = code_key(value, scheme)
+    return any(t.content_concepts and title in t.document_titles for t in templates.values())
+
+
+def template_for_title(templates: dict[str, TemplateConfig], value: str, scheme: str,
+                       concepts: Collection[str] = ()) -> str | None:
+    """The key of the template whose document title is (value, scheme), None if no config names it.
+
+    ``concepts`` are the concept names ("CODE SCHEME") of the SR's content items: a template with
+    ``content_concepts`` applies only when one of them is among these, and wins over one without.
+    """
+    title = code_key(value, scheme)
+    default = None
     for key, t in templates.items():
-        if title in t.document_titles:
+        if title not in t.document_titles:
+            continue
+        if not t.content_concepts:
+            default = default or key
+        elif any(c in concepts for c in t.content_concepts):
             return key
-    return None
+    return default

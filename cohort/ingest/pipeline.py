@@ -59,6 +59,7 @@ TEMP_PREFIX = ".tmp-"  # objects being written; a crashed run's leftovers are re
 _STAGED_SUFFIX = ".partial"  # not *.dcm, so no store glob ever sees a half-committed object
 _MIN_POOL_INPUTS = 32  # below this, starting worker processes costs more than it saves
 _MAX_BATCH = 16
+_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass
@@ -331,6 +332,7 @@ class IngestRun:
         self.journal = Journal(store.state_dir / "journal.jsonl")
         self.report = IngestReport(site_id=site.site_id, raw_dir=str(raw_dir), store=str(store.root))
         self.written: list[Path] = []
+        self._seg_inputs: dict[str, str] = {}  # SOP Instance UID of each SEG accounted -> its input
 
     def run(self) -> IngestReport:
         t0 = time.perf_counter()
@@ -381,9 +383,12 @@ class IngestRun:
             self.journal.close()
         self.progress("converting", len(inputs), len(inputs))
         t_convert = time.perf_counter()
+        self._derive()
+        t_derive = time.perf_counter()
         self.report.patients = len(patient_ids)
         self.report.this_run = {"processed": processed, "replayed": replayed}
-        self.report.timings = {"detect_s": round(t_detect - t0, 3), "convert_s": round(t_convert - t_detect, 3)}
+        self.report.timings = {"detect_s": round(t_detect - t0, 3), "convert_s": round(t_convert - t_detect, 3),
+                               "derive_s": round(t_derive - t_convert, 3)}
         self.report.check_invariant()
         return self.report
 
@@ -474,6 +479,25 @@ class IngestRun:
         extra = {"key": item.key} if item.linked_by_name else {}
         return {**base, **extra, **warned, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
 
+    def _derive(self) -> None:
+        """Measurement SRs of the SEGs this run's inputs stored (cohort/ingest/derive.py): outputs, not
+        inputs, so they add to objects_written and objects_by_sop_class but never to ``inputs``."""
+        from cohort.ingest.derive import derive_measurements
+
+        paths = self.store.sop_paths()
+        segs = [(uid, rel) for uid, rel in self._seg_inputs.items() if uid in paths]
+        result = derive_measurements(self.store, [paths[uid] for uid, _ in segs])
+        by_seg = dict(segs)
+        r = self.report
+        for obj in result.objects:
+            name = _sop_class_name(obj.sop_class)
+            r.objects_by_sop_class[name] = r.objects_by_sop_class.get(name, 0) + 1
+            r.objects_written += 1
+            r.derived_objects += 1
+            r.derived_written += int(obj.written)
+        for seg_uid, reason in result.problems:
+            r.warnings.append(InputWarning(by_seg.get(seg_uid, ""), seg_uid, reason))
+
     def _remove_leftovers(self) -> None:
         """Temporary files of a run that was killed: never committed, so never journaled."""
         for leftover in self.store.dicom_dir.rglob(f"{TEMP_PREFIX}*"):
@@ -508,6 +532,8 @@ class IngestRun:
             for k, v in counts.items():
                 r.objects_by_sop_class[k] = r.objects_by_sop_class.get(k, 0) + v
             r.objects_written += sum(counts.values())
+            self._seg_inputs.update({o["sop_uid"]: entry["input"] for o in entry.get("objects", [])
+                                     if o["sop_class"] == _SEG_SOP_CLASS})
             patient_ids.update(o["patient_id"] for o in entry.get("objects", []))
             for part in entry.get("rejected", []):
                 r.rejected_parts.append(RejectedPartEntry(entry["input"], part["where"], part["reason"],

@@ -63,6 +63,7 @@ class IngestReport:
     quarantined: int = 0
     objects_written: int = 0
     objects_by_sop_class: dict[str, int] = field(default_factory=dict)
+    derived_objects: int = 0  # of objects_written: measurement SRs derived from stored SEGs (outputs, not inputs)
     inputs_by_format: dict[str, int] = field(default_factory=dict)
     patients: int = 0
     quarantine: list[QuarantinedInput] = field(default_factory=list)
@@ -73,6 +74,7 @@ class IngestReport:
     index_failures: list[dict[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     this_run: dict[str, int] = field(default_factory=dict)  # processed now vs replayed from the journal
+    derived_written: int = 0  # derived objects written by this run (the others were already stored)
 
     def check_invariant(self) -> None:
         total = self.converted + self.duplicates + self.quarantined
@@ -91,6 +93,7 @@ class IngestReport:
         data = self.to_json()
         data.pop("timings")
         data.pop("this_run")
+        data.pop("derived_written")
         data.pop("indexed_files")
         data.pop("index_failures")
         return data
