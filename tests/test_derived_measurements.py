@@ -7,6 +7,7 @@ voxels, the coarsest grid). Ground truth is the generative model's truth.csv.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pytest
 
 from cohort.dicom.patient import pseudonym
 from cohort.dicom.validate import dciodvfy, dsrdump, sr_validator
+from cohort.export import export_cohort
+from cohort.export.tabular import TABULAR_FEATURES
 from cohort.index.catalog import field_catalog
 from cohort.index.compile_duck import evaluate
 from cohort.index.duck import DuckIndex
@@ -24,12 +27,15 @@ from cohort.ingest.report import IngestReport
 from cohort.ingest.run import ingest_folder
 from cohort.siteconfig import SiteConfig, load_site_config
 from cohort.spec import parse_text
+from cohort.spec.load import load_spec
+from cohort.spec.model import CohortSpec
 from cohort.store import Store
 from cohort.synth.profiles import PROFILES, SiteProfile
 from cohort.synth.site import synthesize_site
 from cohort.synth.writers.ct import SEPTUM_RADIUS_MM
 
 CALCIUM_CODE, LENGTH_CODE = "122660", "410668003"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -177,3 +183,35 @@ def test_ingest_again_adds_no_sr_and_derive_is_idempotent(sites: list[Site]) -> 
     result = derive_measurements(Store(site.store))
     assert result.written == len(before) and not result.problems
     assert {p: p.read_bytes() for p in _measurement_srs(site.store)} == before
+
+
+def test_the_export_feeds_the_measurements_of_the_chosen_ct_to_the_model(sites: list[Site], tmp_path: Path) -> None:
+    """calcium_volume / membranous_septum_length of each datalist entry: the values of the measurement
+    SR of the SEG drawn on the CT series the entry's ``sources.ct`` names (pydicom walk of the store);
+    null (the model's missing indicator) exactly for the patients without such a SEG."""
+    names = [f.name for f in TABULAR_FEATURES]
+    i_ca, i_ms = names.index("calcium_volume"), names.index("membranous_septum_length")
+    spec = load_spec(ROOT / "configs" / "cohort" / "pacemaker_tavi.yaml")
+    data = spec.to_dict()
+    data["objects"]["ct"].pop("where")  # uni-ost exports 1.5 mm CT only
+    spec = CohortSpec.model_validate(data)
+    for site in sites:
+        by_series: dict[str, dict[str, float]] = {}
+        for seg in site.store.glob("dicom/*/*/SEG_*/*.dcm"):
+            series = str(pydicom.dcmread(seg, stop_before_pixels=True).ReferencedSeriesSequence[0].SeriesInstanceUID)
+            sr = next(p for p in _measurement_srs(site.store) if p.stem == measurement_sr_uid(seg.stem))
+            by_series[series] = _values(sr)
+        out = tmp_path / site.profile.site_id
+        export_cohort(site.store, spec, out)
+        training = json.loads((out / "datalist.json").read_text())["training"]
+        with_ct = [e for e in training if e["sources"]["ct"] is not None]
+        measured = [e for e in with_ct if e["sources"]["ct"] in by_series]
+        assert measured and len(measured) < len(training)  # some patients have a SEG, not all
+        for entry in training:
+            want = by_series.get(entry["sources"]["ct"] or "")
+            if want is None:
+                assert entry["tabular"][i_ca] is None and entry["tabular"][i_ms] is None
+                assert entry["sources"]["measurements"] is None
+            else:
+                assert entry["tabular"][i_ca] == pytest.approx(want[CALCIUM_CODE])
+                assert entry["tabular"][i_ms] == pytest.approx(want[LENGTH_CODE])

@@ -52,7 +52,7 @@ ECGS_C = (-30,)
 CT_A_DAYS = (-10, 1)  # planning CT moved to 10 days before, and a post-TAVI copy
 CT_OFFSET = 7  # stored pixel values of the copy are raised by this much
 CT_SLICE_STEP = 4  # the trap keeps every 4th CT slice: the same geometry checks, a quarter of the ingest
-ROLES = ("ct", "ecg", "ecg_report", "registry")
+ROLES = ("ct", "ecg", "ecg_report", "registry", "measurements")
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,31 @@ def _closest(spec: CohortSpec, name: str | None, ents: list[Entity], index: date
     return min(ents, key=key)
 
 
+def _measurement_srs(trap: Trap) -> dict[str, list[str]]:
+    """CT series UID -> the stored Imaging Measurement Reports (TID 1500) with a derived calcium volume or
+    length whose evidence names that series, by a pydicom walk of the store."""
+    out: dict[str, list[str]] = {}
+    for path in sorted(trap.store.glob("dicom/*/*/SR_*/*.dcm")):
+        ds = pydicom.dcmread(path)
+        title = ds.ConceptNameCodeSequence[0]
+        if (title.CodeValue, title.CodingSchemeDesignator) != ("126000", "DCM"):
+            continue
+        names = {str(ds_item.ConceptNameCodeSequence[0].CodeValue) for ds_item in _items(ds)
+                 if "ConceptNameCodeSequence" in ds_item}
+        if not names & {"122660", "410668003"}:
+            continue
+        for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+            for series in study.ReferencedSeriesSequence:
+                out.setdefault(str(series.SeriesInstanceUID), []).append(str(ds.SOPInstanceUID))
+    return out
+
+
+def _items(ds: pydicom.Dataset) -> Iterator[pydicom.Dataset]:
+    for item in ds.get("ContentSequence", []):
+        yield item
+        yield from _items(item)
+
+
 def _measured_waveform(trap: Trap, report_uid: str) -> str:
     ds = pydicom.dcmread(trap.files[report_uid][0])
 
@@ -235,6 +260,8 @@ def expected_inputs(trap: Trap, spec: CohortSpec, subset: str | None) -> dict[st
     cohort = {p for p in {e.patient for e in trap.oracle.entities} if _holds(spec.cohort, has, p)}
     members = cohort if subset is None else {p for p in cohort if _holds(spec.subsets[subset], has, p)}
     index = _index_dates(spec, matched)
+    measurements = _measurement_srs(trap)  # one per CT series in these stores: no tie-break to check
+    assert all(len(v) == 1 for v in measurements.values())
     out: dict[str, dict[str, str | None]] = {}
     for p in sorted(members):
         def pick(name: str | None, patient: str = p) -> str | None:
@@ -245,8 +272,10 @@ def expected_inputs(trap: Trap, spec: CohortSpec, subset: str | None) -> dict[st
         report = pick(_first(spec, "SR", "ecg_report"))
         ecg = pick(_first(spec, "ECG")) if _first(spec, "ECG") else (
             _measured_waveform(trap, report) if report else None)
-        out[p] = {"ct": pick(_first(spec, "CT")), "ecg": ecg, "ecg_report": report,
-                  "registry": pick(_first(spec, "SR", "registry"))}
+        ct = pick(_first(spec, "CT"))
+        measured = measurements.get(ct or "", [None])[0]
+        out[p] = {"ct": ct, "ecg": ecg, "ecg_report": report,
+                  "registry": pick(_first(spec, "SR", "registry")), "measurements": measured}
     return out
 
 

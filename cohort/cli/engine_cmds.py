@@ -99,7 +99,7 @@ def reindex(store: Annotated[Path, typer.Option(help="store folder")],
 
         site_store = Store(store)
         result = derive_measurements(site_store)
-        written = [site_store.sop_paths()[o.sop_uid] for o in result.objects if o.written]
+        written = [o.path for o in result.objects if o.written]
         if written:
             with update_index(site_store.root) as idx:
                 idx.add_files(written)

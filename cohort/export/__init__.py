@@ -34,7 +34,7 @@ DATALIST_VERSION = 1
 # The selection rules' version, part of the export key and the cohort hash, so an export made under
 # other rules is never reused. 1: the latest object of a kind stood in for a missing one; 2: only the
 # objects the spec selects, closest to the index event, and the post-index guard.
-SELECTION_RULES = 2
+SELECTION_RULES = 3  # 3: the measurements input (derived SR on the chosen CT series)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ from cohort.index.schema import IMAGE_KINDS
 from cohort.results import ALL_SUBSET
 from cohort.spec.model import CohortSpec
 
-ECG_SOURCE_CONCEPT = "content:121112 DCM"  # TID 3708 Source of Measurement: the report's waveform
+ECG_SOURCE_CONCEPT = "content:121112 DCM"
+MEASUREMENTS_TEMPLATE = "measurements"  # cohort/templates/measurements.yaml, written by cohort.ingest.derive  # TID 3708 Source of Measurement: the report's waveform
 _UID_SQL = f"CASE WHEN e.kind IN ({', '.join(lit(k) for k in IMAGE_KINDS)}) THEN e.series_uid ELSE e.sop_uid END"
 
 
@@ -49,6 +50,7 @@ class ModelInput(StrEnum):
     ECG = "ecg"
     ECG_REPORT = "ecg_report"
     REGISTRY = "registry"
+    MEASUREMENTS = "measurements"  # the measurement SR derived from a SEG drawn on the chosen CT series
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ def select_patients(index: DuckIndex, spec: CohortSpec, subset: str | None) -> l
             if best is not None:
                 sel.inputs[role] = best
     _link_ecg(index, selections.values(), sources)
+    _link_measurements(index, selections.values())
     _attach_files(index, selections.values())
     return list(selections.values())
 
@@ -226,6 +229,31 @@ def _linked(index: DuckIndex, entities: dict[int, PatientSelection], *,
     for src, eid, day, uid, kind in index.con.execute(sql, [ECG_SOURCE_CONCEPT, sorted(entities)]).fetchall():
         out[int(src)].append(ChosenObject(int(eid), str(uid), str(kind), day, ""))
     return out
+
+
+def _link_measurements(index: DuckIndex, selections: Iterable[PatientSelection]) -> None:
+    """The measurements input: a derived measurement SR (template ``measurements``) that references
+    the chosen CT series (a SEG drawn on exactly the images the model sees); tie-break as for inputs."""
+    by_series: dict[str, list[PatientSelection]] = defaultdict(list)
+    for sel in selections:
+        if ModelInput.CT in sel.inputs:
+            by_series[sel.inputs[ModelInput.CT].uid].append(sel)
+    if not by_series:
+        return
+    found: dict[str, list[ChosenObject]] = defaultdict(list)
+    for series, eid, day, uid, kind in index.con.execute(
+            "SELECT DISTINCT r.ref_series_uid, e.entity_id, e.entity_date, e.sop_uid, e.kind FROM refs r "
+            "JOIN entities e ON e.entity_id = r.entity_id WHERE e.kind = 'SR' AND e.template = ? "
+            "AND r.ref_series_uid IN (SELECT unnest(?::VARCHAR[]))",
+            [MEASUREMENTS_TEMPLATE, sorted(by_series)]).fetchall():
+        found[str(series)].append(ChosenObject(int(eid), str(uid), str(kind), day, ""))
+    for series, sels in by_series.items():
+        for sel in sels:
+            best = _best(found.get(series, []), sel.index_date)
+            if best is not None:
+                ct = sel.inputs[ModelInput.CT]
+                sel.inputs[ModelInput.MEASUREMENTS] = replace(best, condition=ct.condition,
+                                                              via=f"measures CT series {ct.uid}")
 
 
 def _attach_files(index: DuckIndex, selections: Iterable[PatientSelection]) -> None:

@@ -2,7 +2,8 @@
 
 The order is part of the model's input contract: every site and the coordinator use this tuple.
 Values come from index fields of the objects ``cohort.export.selection`` chose for the patient's
-``registry`` and ``ecg_report`` inputs; a missing input gives None for its features.
+``registry``, ``ecg_report`` and ``measurements`` inputs; a missing input gives None for its features
+(the model sees a missing indicator for each).
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from cohort.export.selection import ModelInput
+
 if TYPE_CHECKING:
     from cohort.export.selection import PatientSelection
     from cohort.index.duck import DuckIndex
 
-Encoding = Literal["number", "equals", "flag"]
+Encoding = Literal["number", "sum", "equals", "flag"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ TABULAR_FEATURES: tuple[TabularFeature, ...] = (
     TabularFeature("rbbb", "1", "ecg_report", "ecg_finding", "equals", "59118001 SCT"),
     TabularFeature("first_degree_av_block", "1", "ecg_report", "ecg_finding", "equals", "270492004 SCT"),
     TabularFeature("atrial_fibrillation", "1", "ecg_report", "ecg_finding", "equals", "49436004 SCT"),
+    # Derived from the segmentation drawn on the chosen CT (cohort.ingest.derive); None without one.
+    TabularFeature("calcium_volume", "mm3", "measurements", "calcium_volume", "sum"),
+    TabularFeature("membranous_septum_length", "mm", "measurements", "membranous_septum_length"),
 )
 
 
@@ -60,6 +66,9 @@ def _value(index: DuckIndex, entity_id: int | None, feature: TabularFeature) -> 
     if feature.encoding == "number":
         nums = [r[0] for r in rows if r[0] is not None]
         return float(nums[0]) if nums else None
+    if feature.encoding == "sum":  # e.g. calcium volume over every calcification segment of the SEG
+        nums = [r[0] for r in rows if r[0] is not None]
+        return float(sum(nums)) if nums else None
     if feature.encoding == "flag":
         nums = [r[0] for r in rows if r[0] is not None]
         return float(bool(nums[0])) if nums else None
@@ -73,5 +82,6 @@ def _value(index: DuckIndex, entity_id: int | None, feature: TabularFeature) -> 
 
 def tabular_values(index: DuckIndex, selection: PatientSelection) -> list[float | None]:
     """The patient's features in ``TABULAR_FEATURES`` order; None where the source says nothing."""
-    entities = {"registry": selection.registry_entity, "ecg_report": selection.ecg_report_entity}
+    entities = {"registry": selection.registry_entity, "ecg_report": selection.ecg_report_entity,
+                "measurements": selection.entity(ModelInput.MEASUREMENTS)}
     return [_value(index, entities.get(f.template), f) for f in TABULAR_FEATURES]

@@ -18,7 +18,7 @@ again writes nothing new (``derive_measurements`` skips SEGs whose SR is already
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,7 @@ class DerivedObject:
     patient_id: str
     seg_uid: str
     written: bool
+    path: Path
 
 
 @dataclass
@@ -242,32 +243,51 @@ def build_measurement_sr(seg: Dataset, values: dict[int, tuple[str, float]]) -> 
     return sr
 
 
-def derive_measurements(store: Store, seg_paths: Iterable[Path] | None = None) -> DeriveResult:
+def derive_one(store: Store, path: Path) -> tuple[DerivedObject | None, str | None]:
+    """Write the measurement SR of the SEG at ``path``: (the SR written, None), (None, None) for a SEG
+    without a measured segment, or (None, reason) for a SEG that cannot be measured (its frames off
+    its own grid, geometry missing)."""
+    seg_uid = Path(path).stem
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    if not _segment_keys(header):
+        return None, None
+    try:
+        seg = pydicom.dcmread(path)
+        sr = build_measurement_sr(seg, measure_seg(seg))
+    except (LookupError, ValueError, AttributeError, IndexError) as exc:
+        return None, f"no measurements derived from SEG {seg_uid}: {exc}"
+    target = store.write(sr)
+    return DerivedObject(str(sr.SOPInstanceUID), str(sr.SOPClassUID), str(sr.PatientID), seg_uid, True,
+                         target), None
+
+
+def derive_measurements(store: Store, seg_paths: Iterable[Path] | None = None,
+                        mapper: Callable[[list[Path]], Iterable[tuple[DerivedObject | None, str | None]]]
+                        | None = None) -> DeriveResult:
     """Write the measurement SR of every SEG in ``seg_paths`` (default: every stored SEG) that lacks one.
 
-    A SEG without a measured segment gets no SR; a SEG that cannot be measured (its CT missing, frames
-    off the CT grid) is listed in ``problems`` and skipped.
+    A SEG without a measured segment gets no SR; a SEG that cannot be measured is listed in
+    ``problems`` and skipped. ``mapper`` runs ``derive_one`` over the SEGs still to derive (the ingest
+    pipeline passes its worker pool); by default they are derived here, one after the other.
     """
     if seg_paths is None:
         seg_paths = sorted(store.dicom_dir.glob("*/*/SEG_*/*.dcm"))
     result = DeriveResult()
+    todo = []
     for path in seg_paths:
         seg_uid = Path(path).stem
         sr_uid = measurement_sr_uid(seg_uid)
         if store.has(sr_uid):
             patient = Path(path).parents[2].name
-            result.objects.append(DerivedObject(sr_uid, ENHANCED_SR, patient, seg_uid, False))
-            continue
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        if not _segment_keys(header):
-            continue
-        try:
-            seg = pydicom.dcmread(path)
-            values = measure_seg(seg)
-            sr = build_measurement_sr(seg, values)
-        except (LookupError, ValueError, AttributeError, IndexError) as exc:
-            result.problems.append((seg_uid, f"no measurements derived from SEG {seg_uid}: {exc}"))
-            continue
-        store.write(sr)
-        result.objects.append(DerivedObject(sr_uid, str(sr.SOPClassUID), str(sr.PatientID), seg_uid, True))
+            result.objects.append(DerivedObject(sr_uid, ENHANCED_SR, patient, seg_uid, False,
+                                                store.sop_paths()[sr_uid]))
+        else:
+            todo.append(Path(path))
+    outcomes = mapper(todo) if mapper is not None else (derive_one(store, p) for p in todo)
+    for path, (obj, problem) in zip(todo, outcomes, strict=True):
+        if obj is not None:
+            store.sop_paths()[obj.sop_uid] = obj.path  # written by a worker: this process's map learns it
+            result.objects.append(obj)
+        elif problem is not None:
+            result.problems.append((path.stem, problem))
     return result

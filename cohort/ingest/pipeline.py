@@ -238,6 +238,14 @@ class _ConversionWorker:
         out.warnings += library_warnings(caught)
         return out
 
+    def derive(self, seg_path: Path) -> tuple[Any, str | None]:
+        """The measurement SR of one stored SEG (``cohort.ingest.derive.derive_one``)."""
+        from cohort.ingest.derive import derive_one
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return derive_one(self.store, seg_path)
+
     def _stage(self, ds: Dataset) -> _Staged:
         """Write ``ds`` as a Part 10 file next to its place in the store, under a temporary name."""
         for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"):
@@ -318,6 +326,11 @@ def _convert_batch(batch: list[tuple[str, str, int]]) -> list[_Converted]:
     return [_WORKER.convert(Path(path), digest, conv) for path, digest, conv in batch]
 
 
+def _derive_batch(batch: list[str]) -> list[tuple[Any, str | None]]:
+    assert _WORKER is not None, "worker not initialised"
+    return [_WORKER.derive(Path(path)) for path in batch]
+
+
 class IngestRun:
     """One ingest of a raw export folder into a store."""
 
@@ -377,13 +390,13 @@ class IngestRun:
                     if entry["outcome"] == OUTCOME_CONVERTED:
                         seen_digests.setdefault(item.key, item.rel)
                     self._account(entry, patient_ids)
+            t_convert = time.perf_counter()
+            self._derive(pool, local)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             self.journal.close()
         self.progress("converting", len(inputs), len(inputs))
-        t_convert = time.perf_counter()
-        self._derive()
         t_derive = time.perf_counter()
         self.report.patients = len(patient_ids)
         self.report.this_run = {"processed": processed, "replayed": replayed}
@@ -479,14 +492,25 @@ class IngestRun:
         extra = {"key": item.key} if item.linked_by_name else {}
         return {**base, **extra, **warned, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
 
-    def _derive(self) -> None:
-        """Measurement SRs of the SEGs this run's inputs stored (cohort/ingest/derive.py): outputs, not
-        inputs, so they add to objects_written and objects_by_sop_class but never to ``inputs``."""
+    def _derive(self, pool: ProcessPoolExecutor | None, local: _ConversionWorker | None) -> None:
+        """Measurement SRs of the SEGs this run's inputs stored (cohort/ingest/derive.py), by the
+        conversion workers: outputs, not inputs, so they add to objects_written and
+        objects_by_sop_class but never to ``inputs``."""
         from cohort.ingest.derive import derive_measurements
 
         paths = self.store.sop_paths()
         segs = [(uid, rel) for uid, rel in self._seg_inputs.items() if uid in paths]
-        result = derive_measurements(self.store, [paths[uid] for uid, _ in segs])
+
+        def mapper(todo: list[Path]) -> Iterator[tuple[Any, str | None]]:
+            if pool is None or len(todo) < 2:
+                assert local is not None or pool is not None
+                worker = local or _ConversionWorker(self.raw_dir, self.store.root, self.site, self.converters)
+                return (worker.derive(p) for p in todo)
+            size = max(1, min(_MAX_BATCH, len(todo) // (self.workers * 4) or 1))
+            batches = [[str(p) for p in todo[i:i + size]] for i in range(0, len(todo), size)]
+            return (outcome for batch in pool.map(_derive_batch, batches) for outcome in batch)
+
+        result = derive_measurements(self.store, [paths[uid] for uid, _ in segs], mapper)
         by_seg = dict(segs)
         r = self.report
         for obj in result.objects:
