@@ -33,6 +33,9 @@ class ModelConfig:
         embed_dim: Size of each modality's embedding.
         fusion_hidden: Hidden width of the fusion head.
         dropout: Dropout before the output layer.
+        linear: Instead of the network, logistic regression on the tabular features and their
+            missingness indicators (one logit = w . [values, missing] + b): the transparent baseline,
+            trained and federated through exactly the same code path (``configs/model/linear.yaml``).
     """
 
     n_tabular: int = 8
@@ -43,6 +46,7 @@ class ModelConfig:
     embed_dim: int = 32
     fusion_hidden: int = 32
     dropout: float = 0.1
+    linear: bool = False
 
     def __post_init__(self) -> None:
         if self.n_tabular < 0:
@@ -125,6 +129,9 @@ class MultiModalNet(nn.Module):
         super().__init__()
         self.cfg = cfg or ModelConfig()
         c = self.cfg
+        if c.linear:
+            self.logistic = nn.Linear(2 * c.n_tabular, 1)
+            return
         self.ct = CTEncoder(c.ct_channels, c.embed_dim)
         self.ecg = ECGEncoder(c.ecg_channels, c.ecg_kernel, c.embed_dim)
         self.tabular = TabularEncoder(c.n_tabular, c.tabular_hidden, c.embed_dim)
@@ -134,6 +141,8 @@ class MultiModalNet(nn.Module):
     def forward(self, ct: torch.Tensor, ecg: torch.Tensor, tabular: torch.Tensor, tabular_missing: torch.Tensor,
                 ct_present: torch.Tensor, ecg_present: torch.Tensor) -> torch.Tensor:
         """Logits of shape ``(B,)``; presence flags are ``(B,)`` tensors of 0.0 / 1.0."""
+        if self.cfg.linear:
+            return self.logistic(torch.cat([tabular, tabular_missing], dim=1)).squeeze(1)
         ct_flag = ct_present.reshape(-1, 1).to(ct.dtype)
         ecg_flag = ecg_present.reshape(-1, 1).to(ecg.dtype)
         fused = torch.cat([

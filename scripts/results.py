@@ -45,13 +45,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_report import APPROACHES as REPORTED  # noqa: E402
 
+from cohort.export.tabular import TABULAR_FEATURES  # noqa: E402
+
 TEST_SEED = 20240601  # fixes the held-out test split, independent of the training seeds
-TEST_FRACTION = 0.25
+TEST_FRACTION = 0.25  # = 1 / N_FOLDS
 SUBSET = "labelled"
 CT_MAX_MM = 1.5  # the mission spec asks for <= 1.0 mm; the synthetic site uni-ost exports 1.5 mm CT only
 # Test predictions kept per training seed, one per approach of the report; "+b": the same model with each
 # site's own intercept (fl_client.calibration, fitted on the site's training split).
 APPROACHES = tuple(key for key, _, _ in REPORTED)
+FEATURES = [f.name for f in TABULAR_FEATURES]  # the model's tabular inputs (recorded: results depend on them)
+# The transparent baseline's runs through the project's training path: logistic regression on the tabular
+# features (configs/model/linear.yaml) with a learning rate for a linear model, fixed beforehand (not tuned).
+LINEAR = "model=linear training.lr=0.01"
 CANDIDATES = {
     "fedprox": "federation.strategy=fedprox federation.proximal_mu=0.01",
     "fedadam": "federation.strategy=fedadam federation.server_lr=0.01",
@@ -66,14 +72,19 @@ class Preset:
     data_seeds: tuple[int, ...]
     rounds: int
     epochs: int
+    folds: tuple[int, ...] = (0,)  # which of the N_FOLDS stratified test folds are held out, one run each
 
 
 PRESETS = {
     "smoke": Preset(patients=(40, 60), seeds=(0,), data_seeds=(0,), rounds=2, epochs=1),  # checks the script
     "small": Preset(patients=(60, 120, 250, 500), seeds=(0, 1, 2), data_seeds=(0,), rounds=6, epochs=1),
-    "large": Preset(patients=(100, 150, 300, 500, 650, 1000), seeds=(0, 1, 2, 3, 4), data_seeds=(0, 1),
-                    rounds=6, epochs=1),
+    # Every patient is a test patient once (4 folds): the two smallest sites (klinikum-sued 150 and
+    # herzzentrum-west 300 patients) then hold >= 15 test positives over the folds (uk-nord, the site
+    # with the lowest rate, is given 400 patients so that it is not among them with 2-5 positives).
+    "judge": Preset(patients=(400, 150, 300, 500, 650, 1000), seeds=(0,), data_seeds=(0,), rounds=6, epochs=1,
+                    folds=(0, 1, 2, 3)),
 }
+N_FOLDS = 4  # test folds per site, stratified by label: a fold is TEST_FRACTION of the patients
 
 
 @dataclass
@@ -141,10 +152,22 @@ def _write_datalist(dl: Any, entries: list[Any], folder: Path) -> None:
     (folder / "datalist.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
-def prepare_sites(sites_dir: Path, spec_json: dict[str, Any]) -> list[SiteData]:
-    """Export the cohort per site, split off the test patients, and hide them from the federation."""
+def test_fold(entries: list[Any], fold: int) -> tuple[list[Any], list[Any]]:
+    """(the rest, fold ``fold`` of N_FOLDS): folds stratified by label, fixed by TEST_SEED, each patient in one."""
+    rng = np.random.default_rng(TEST_SEED)
+    test: set[str] = set()
+    for label in (0, 1):
+        members = sorted(e.patient for e in entries if e.label == label)
+        order = rng.permutation(len(members))
+        test.update(members[k] for i, k in enumerate(order) if i % N_FOLDS == fold)
+    ordered = sorted(entries, key=lambda e: e.patient)
+    return [e for e in ordered if e.patient not in test], [e for e in ordered if e.patient in test]
+
+
+def prepare_sites(sites_dir: Path, spec_json: dict[str, Any], fold: int) -> list[SiteData]:
+    """Export the cohort per site, split off the test fold, and hide it from the federation."""
     from cohort.siteconfig import load_site_config
-    from fl_client.data import load_datalist, split_train_val
+    from fl_client.data import load_datalist
     from fl_client.local import export_dir
     from fl_client.site_runtime import consortium_site_configs
 
@@ -156,7 +179,7 @@ def prepare_sites(sites_dir: Path, spec_json: dict[str, Any]) -> list[SiteData]:
         if not (full_dir / "datalist.json").exists():
             _write_datalist(load_datalist(export), list(load_datalist(export).entries), full_dir)
         full = load_datalist(full_dir)
-        rest, test = split_train_val(full.entries, TEST_FRACTION, TEST_SEED)
+        rest, test = test_fold(list(full.entries), fold)
         _write_datalist(full, rest, export)  # the federation's clients read this one
         truth = _truth(cfg_path.parent, site)
         for e in full.entries:
@@ -164,7 +187,7 @@ def prepare_sites(sites_dir: Path, spec_json: dict[str, Any]) -> list[SiteData]:
                 raise SystemExit(f"{site.site_id}: patient {e.patient} label differs from truth.csv")
         out.append(SiteData(site.site_id, site, load_datalist(export), full, test, truth))
         log(f"{site.site_id}: {len(full.entries)} labelled patients "
-            f"({sum(e.label for e in full.entries)} positive), test {len(test)}")
+            f"({sum(e.label for e in full.entries)} positive), test fold {fold}: {len(test)}")
     return out
 
 
@@ -264,6 +287,37 @@ def with_site_intercept(weights: list[np.ndarray], sd: SiteData, train: list[Any
     return test[0], [float(x) for x in apply_site_intercept(np.asarray(test[1]), b)]
 
 
+def prevalence_only(sd: SiteData, train: list[Any]) -> tuple[list[int], list[float]]:
+    """Every test patient scored by the site's positive rate on its training split (no model at all)."""
+    rate = float(np.mean([e.label for e in train])) if train else 0.0
+    return [int(e.label) for e in sd.test], [rate] * len(sd.test)
+
+
+def _tabular_matrix(entries: list[Any], tab: Any) -> np.ndarray:
+    """Standardized tabular values (missing: 0, the mean) next to their missingness indicators."""
+    means, stds = np.asarray(tab.means), np.asarray(tab.stds)
+    raw = np.array([[np.nan if v is None else v for v in e.tabular] for e in entries], dtype=np.float64)
+    raw = raw.reshape(len(entries), len(means))
+    missing = np.isnan(raw)
+    return np.hstack([np.where(missing, 0.0, (raw - means) / stds), missing.astype(np.float64)])
+
+
+def sklearn_logistic(pieces: list[tuple[SiteData, list[Any]]], tab: Any,
+                     test_sites: list[SiteData]) -> dict[str, tuple[list[int], list[float]]]:
+    """scikit-learn's logistic regression (L2, C=1, unweighted as the training config) on the training
+    splits of ``pieces``, scored on each test site's held-out patients."""
+    from sklearn.linear_model import LogisticRegression
+
+    entries = [e for _, es in pieces for e in es]
+    y = np.array([e.label for e in entries])
+    if len(set(y.tolist())) < 2:  # one class only: the rate is the best a model can say
+        return {sd.site_id: ([int(e.label) for e in sd.test], [float(y.mean())] * len(sd.test)) for sd in test_sites}
+    model = LogisticRegression(C=1.0, max_iter=5000).fit(_tabular_matrix(entries, tab), y)
+    return {sd.site_id: ([int(e.label) for e in sd.test],
+                         [float(p) for p in model.predict_proba(_tabular_matrix(sd.test, tab))[:, 1]])
+            for sd in test_sites}
+
+
 def run_federations(sites_dir: Path, work: Path, runs: dict[str, str], n_sites: int) -> dict[str, Any]:
     """Several federations, one after the other, on one simulation engine; name -> (report, weights)."""
     from flwr.app import Context
@@ -334,10 +388,11 @@ def base_overrides(preset: Preset, extra: str = "") -> str:
             f"'cohort.objects.ct.where=[{{field:slice_thickness,op:\"<=\",value:{CT_MAX_MM},unit:mm}}]'" + (f" {extra}" if extra else ""))
 
 
-def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, Any],
-                  extra: str = "") -> dict[str, Any]:
-    """Test predictions of every approach for every training seed on one synthetic consortium."""
+def one_split(preset: Preset, data_seed: int, fold: int, work: Path, other: dict[str, Any],
+              extra: str = "") -> dict[str, Any]:
+    """Test predictions of every approach for every training seed, one consortium, one test fold."""
     from cohort.spec.load import parse_spec
+    from fl_client.normalization import NormStats
     from fl_server.config import compose_config
     from fl_server.federation import initial_arrays
 
@@ -346,18 +401,20 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
     cfg = compose_config(None, base)
     spec_json = parse_spec(cfg["cohort"]).to_dict()
     sites_dir = build_consortium(work, list(preset.patients), data_seed)
-    sites = prepare_sites(sites_dir, spec_json)
+    sites = prepare_sites(sites_dir, spec_json, fold)
     n = len(sites)
-    if not other:  # choose the other strategy on validation: first data seed, first training seed
+    runs_dir = work / f"fold-{fold}"
+    if not other:  # choose the other strategy on validation: first split, first training seed
         seed = preset.seeds[0]
         t0 = time.time()
-        fed = run_federations(sites_dir, work, {k: f"{base} seed={seed} {v}" for k, v in CANDIDATES.items()}, n)
+        fed = run_federations(sites_dir, runs_dir, {k: f"{base} seed={seed} {v}" for k, v in CANDIDATES.items()}, n)
         val = {k: fed[k][0]["training"]["best_validation_auroc"] for k in CANDIDATES}
         choice = max(val, key=lambda k: -1.0 if val[k] is None else val[k])
-        other.update(name=choice, overrides=CANDIDATES[choice], validation_auroc=val, data_seed=data_seed, seed=seed)
+        other.update(name=choice, overrides=CANDIDATES[choice], validation_auroc=val, data_seed=data_seed, seed=seed,
+                     fold=fold)
         log(f"strategy selection on validation AUROC: {val} -> {choice} ({time.time() - t0:.0f} s)")
 
-    out: dict[str, Any] = {"sites": {}, "truth": {}, "runs": {}}
+    out: dict[str, Any] = {"sites": {}, "truth": {}, "runs": {}, "data_seed": data_seed, "fold": fold}
     for s in sites:
         train, val_entries = _split(s, _settings(cfg, preset.seeds[0]))
         out["sites"][s.site_id] = {"labelled": len(s.full.entries), "positive": sum(e.label for e in s.full.entries),
@@ -369,44 +426,57 @@ def one_data_seed(preset: Preset, data_seed: int, work: Path, other: dict[str, A
     for seed in preset.seeds:
         runs[f"fedavg-s{seed}"] = f"{base} seed={seed} federation.strategy=fedavg"
         runs[f"other-s{seed}"] = f"{base} seed={seed} {other['overrides']}"
-    fed = run_federations(sites_dir, work, runs, n)
-    log(f"data seed {data_seed}: {len(runs)} federations done ({time.time() - t0:.0f} s)")
+        runs[f"linear-fedavg-s{seed}"] = f"{base} seed={seed} federation.strategy=fedavg {LINEAR}"
+    fed = run_federations(sites_dir, runs_dir, runs, n)
+    log(f"data seed {data_seed}, fold {fold}: {len(runs)} federations done ({time.time() - t0:.0f} s)")
     for seed in preset.seeds:
         t0 = time.time()
-        scfg = compose_config(None, f"{base} seed={seed}")
-        rounds = int(scfg["federation"]["rounds"])  # the same budget as the federations (after --overrides)
-        settings = _settings(scfg, seed)
-        init = initial_arrays(scfg["model"], seed).to_numpy_ndarrays()
-        splits = {s.site_id: _split(s, settings) for s in sites}
-        site_moments = {s.site_id: _moments(s, splits[s.site_id][0], settings) for s in sites}
-        pooled_stats = _stats(list(site_moments.values()))
         preds: dict[str, dict[str, Any]] = {k: {} for k in APPROACHES}
-        best_rounds: dict[str, Any] = {"local": {}}
-        for s in sites:
-            st = _stats([site_moments[s.site_id]])
-            w, best_rounds["local"][s.site_id] = train_best([(s, splits[s.site_id][0])], [(s, splits[s.site_id][1])],
-                                                            settings, st, rounds, init)
-            preds["local"][s.site_id] = predict(w, s, settings, st)
-        w, best_rounds["pooled"] = train_best([(s, splits[s.site_id][0]) for s in sites],
-                                              [(s, splits[s.site_id][1]) for s in sites], settings, pooled_stats,
-                                              rounds, init)
-        for s in sites:
-            preds["pooled"][s.site_id] = predict(w, s, settings, pooled_stats)
-            preds["pooled+b"][s.site_id] = with_site_intercept(w, s, splits[s.site_id][0], settings, pooled_stats,
-                                                               preds["pooled"][s.site_id])
-        for key in ("fedavg", "other"):
-            report, weights = fed[f"{key}-s{seed}"]
-            _check_federation(key, report, sites, {sid: sp[0] for sid, sp in splits.items()})
-            from fl_client.normalization import NormStats
-
-            stats = NormStats.from_json(json.dumps(report["training"]["norm_stats"]))
-            best_rounds[key] = report["training"]["best_round"]
+        best_rounds: dict[str, Any] = {}
+        for prefix, model_overrides in (("", ""), ("linear-", LINEAR)):
+            scfg = compose_config(None, f"{base} seed={seed} {model_overrides}")
+            rounds = int(scfg["federation"]["rounds"])  # the same budget as the federations (after --overrides)
+            settings = _settings(scfg, seed)
+            init = initial_arrays(scfg["model"], seed).to_numpy_ndarrays()
+            splits = {s.site_id: _split(s, settings) for s in sites}
+            site_moments = {s.site_id: _moments(s, splits[s.site_id][0], settings) for s in sites}
+            pooled_stats = _stats(list(site_moments.values()))
+            local, pooled = f"{prefix}local", f"{prefix}pooled"
+            best_rounds[local] = {}
             for s in sites:
-                preds[key][s.site_id] = predict(weights, s, settings, stats)
-                preds[f"{key}+b"][s.site_id] = with_site_intercept(weights, s, splits[s.site_id][0], settings, stats,
-                                                                   preds[key][s.site_id])
+                st = _stats([site_moments[s.site_id]])
+                w, best_rounds[local][s.site_id] = train_best([(s, splits[s.site_id][0])],
+                                                              [(s, splits[s.site_id][1])], settings, st, rounds, init)
+                preds[local][s.site_id] = predict(w, s, settings, st)
+                if f"{local}+b" in preds:
+                    preds[f"{local}+b"][s.site_id] = with_site_intercept(w, s, splits[s.site_id][0], settings, st,
+                                                                         preds[local][s.site_id])
+                if not prefix:
+                    preds["prevalence"][s.site_id] = prevalence_only(s, splits[s.site_id][0])
+                    preds["lr-local"].update(sklearn_logistic([(s, splits[s.site_id][0])], st.tabular, [s]))
+            if not prefix:
+                preds["lr-pooled"].update(sklearn_logistic([(s, splits[s.site_id][0]) for s in sites],
+                                                           pooled_stats.tabular, sites))
+            w, best_rounds[pooled] = train_best([(s, splits[s.site_id][0]) for s in sites],
+                                                [(s, splits[s.site_id][1]) for s in sites], settings, pooled_stats,
+                                                rounds, init)
+            for s in sites:
+                preds[pooled][s.site_id] = predict(w, s, settings, pooled_stats)
+                if f"{pooled}+b" in preds:
+                    preds[f"{pooled}+b"][s.site_id] = with_site_intercept(w, s, splits[s.site_id][0], settings,
+                                                                          pooled_stats, preds[pooled][s.site_id])
+            for key in (("fedavg", "other") if not prefix else ("linear-fedavg",)):
+                report, weights = fed[f"{key}-s{seed}"]
+                _check_federation(key, report, sites, {sid: sp[0] for sid, sp in splits.items()})
+                stats = NormStats.from_json(json.dumps(report["training"]["norm_stats"]))
+                best_rounds[key] = report["training"]["best_round"]
+                for s in sites:
+                    preds[key][s.site_id] = predict(weights, s, settings, stats)
+                    if f"{key}+b" in preds:
+                        preds[f"{key}+b"][s.site_id] = with_site_intercept(weights, s, splits[s.site_id][0], settings,
+                                                                           stats, preds[key][s.site_id])
         out["runs"][str(seed)] = {"predictions": preds, "best_rounds": best_rounds}
-        log(f"data seed {data_seed}, seed {seed}: local + pooled + predictions ({time.time() - t0:.0f} s)")
+        log(f"data seed {data_seed}, fold {fold}, seed {seed}: baselines + predictions ({time.time() - t0:.0f} s)")
     out["minutes"] = (time.time() - t_start) / 60  # synth + ingest (when not reused) + every approach
     return out
 
@@ -440,25 +510,27 @@ def main(argv: list[str] | None = None) -> None:
             other = {"name": args.other, "overrides": CANDIDATES[args.other], "validation_auroc": {},
                      "data_seed": None, "seed": None, "chosen": args.other_why or "given with --other"}
         data = {}
-        for ds in preset.data_seeds:
+        splits = [(ds, fold) for ds in preset.data_seeds for fold in preset.folds]
+        for ds, fold in splits:
             work = args.work / args.preset / f"data-{ds}"
-            done = work / "result.json"  # one data seed's outcome; a later run resumes from it
-            key = json.dumps({**preset.__dict__, "overrides": args.overrides})
+            name = f"{ds}/{fold}"  # one test set: data seed / test fold
+            done = work / f"result-fold-{fold}.json"  # one split's outcome; a later run resumes from it
+            key = json.dumps({**preset.__dict__, "overrides": args.overrides, "features": FEATURES})
             if done.exists() and json.loads(done.read_text())["key"] == key:
                 saved = json.loads(done.read_text())
                 other = other or saved["other"]
-                data[str(ds)] = saved["data"]
-                log(f"data seed {ds}: reusing {done}")
+                data[name] = saved["data"]
+                log(f"{name}: reusing {done}")
                 continue
             if args.data_seed is not None and ds != args.data_seed:
                 continue
-            data[str(ds)] = one_data_seed(preset, ds, work, other, args.overrides)
-            done.write_text(json.dumps({"key": key, "other": other, "data": data[str(ds)]}), encoding="utf-8")
-        if set(data) != {str(ds) for ds in preset.data_seeds}:
-            log(f"{args.preset}: data seeds {sorted(data)} done; run again for the rest")
+            data[name] = one_split(preset, ds, fold, work, other, args.overrides)
+            done.write_text(json.dumps({"key": key, "other": other, "data": data[name]}), encoding="utf-8")
+        if len(data) != len(splits):
+            log(f"{args.preset}: splits {sorted(data)} done; run again for the rest")
             return
         doc = {"preset": args.preset, "config": preset.__dict__, "test_seed": TEST_SEED,
-               "test_fraction": TEST_FRACTION, "ct_max_mm": CT_MAX_MM, "candidates": CANDIDATES,
+               "test_fraction": TEST_FRACTION, "n_folds": N_FOLDS, "features": FEATURES, "linear": LINEAR, "ct_max_mm": CT_MAX_MM, "candidates": CANDIDATES,
                "other_strategy": other, "data": data, "minutes": sum(d.get("minutes", 0.0) for d in data.values()),
                "overrides": args.overrides,
                "command": f"python scripts/results.py --preset {args.preset}"

@@ -60,18 +60,22 @@ def test_known_aurocs_give_the_table_the_intervals_and_the_target_verdicts(repor
     report.render(json_dir, md, img)
     text = md.read_text(encoding="utf-8")
     assert "6 rounds x 1 local epochs (6 epochs for every approach" in text
-    assert ("- FedAvg: all 1.000 vs pooled 1.000: met; small-site 1.000 vs local 0.000: met; "
-            "big-site 1.000 vs local 0.000: met.") in text
-    assert "- other strategy: fedyogi: all 0.500 vs pooled 1.000: NOT met" in text
-    assert "site intercept" not in text.split("## Preset")[1]  # results written before the intercept: no such row
-    assert "chosen by federated validation AUROC (data seed 0, training seed 0) among: fedprox 0.700, fedyogi 0.800" in text
+    assert "- pooled within 0.05 of the ceiling: 1.000 vs 1.000: met." in text
+    assert "- FedAvg >= pooled - 0.02: 1.000 vs 1.000: met." in text
+    # right - wrong = 1 - 0 on every resampled draw: the paired interval is the point.
+    assert ("- FedAvg >= local-only + 0.05 with the paired interval above 0: all sites 1.000 [1.000, 1.000]: met; "
+            "small-site 1.000 [1.000, 1.000]: met; big-site 1.000 [1.000, 1.000]: met.") in text
+    assert "| other strategy: fedyogi - pooled | mean of sites | -0.500 [-0.500, -0.500] |" in text
+    assert "| FedAvg + site intercept |" not in text  # results written before the intercept: no such row
+    assert ("chosen by federated validation AUROC (data seed 0, test fold 0, training seed 0) among: fedprox 0.700, "
+            "fedyogi 0.800") in text
     for png in ("results-small.png", "calibration-small.png"):
         assert (img / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_site_intercept_rows_and_their_target_verdicts_are_reported(report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    doc = _doc({"local": "wrong", "fedavg": "flat", "other": "flat", "pooled": "right", "fedavg+b": "right",
-                "other+b": "flat", "pooled+b": "right"})
+def test_intercept_rows_are_compared_only_with_intercept_rows(report, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    doc = _doc({"local": "wrong", "fedavg": "flat", "other": "flat", "pooled": "right", "local+b": "wrong",
+                "fedavg+b": "right", "other+b": "flat", "pooled+b": "right", "prevalence": "flat"})
     rows = report.table(doc)
     assert rows["fedavg+b"][report.ALL_COL].estimate == pytest.approx(1.0)
     json_dir, md = tmp_path / "json", tmp_path / "results.md"
@@ -80,6 +84,18 @@ def test_site_intercept_rows_and_their_target_verdicts_are_reported(report, tmp_
     report.render(json_dir, md, tmp_path / "img")
     text = md.read_text(encoding="utf-8")
     assert "| FedAvg + site intercept | 1.000" in text
-    assert "| other strategy: fedyogi + site intercept | 0.500" in text
-    assert "- FedAvg + site intercept: all 1.000 vs pooled 1.000: met;" in text
-    assert "- FedAvg: all 0.500 vs pooled 1.000: NOT met;" in text
+    assert "| FedAvg + site intercept - pooled + site intercept | all (pooled scores) | 0.000 [0.000, 0.000] |" in text
+    assert "| FedAvg + site intercept - local-only + site intercept | all (pooled scores) | 1.000" in text
+    assert "| pooled + site intercept - prevalence only (site's training rate) | all (pooled scores) |" in text
+    diff_rows = [ln for ln in text.splitlines() if ln.startswith("| ") and " - " in ln.split("|")[1]]
+    assert diff_rows
+    for line in diff_rows:  # every stated difference: both sides with the intercept or neither
+        a, b = line.split("|")[1].split(" - ")
+        if "prevalence" not in b:
+            assert ("site intercept" in a) == ("site intercept" in b), line
+    # The rule itself: a comparison of unlike rows is refused, not rendered.
+    for a, b in (("fedavg+b", "pooled"), ("fedavg", "pooled+b"), ("linear-fedavg", "pooled"), ("fedavg", "prevalence")):
+        with pytest.raises(ValueError):
+            report.paired_difference(doc, a, b, ["small-site"])
+    for a, b, _ in report.COMPARISONS:
+        report.like_for_like(a, b)

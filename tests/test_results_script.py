@@ -38,7 +38,7 @@ def test_the_smoke_preset_reports_every_approach_with_and_without_the_site_inter
     finally:
         torch.set_num_threads(threads)
     doc = json.loads((tmp_path / "smoke-json" / "smoke.json").read_text())
-    data = doc["data"]["0"]
+    data = doc["data"]["0/0"]
     preds = data["runs"]["0"]["predictions"]
     assert set(preds) == set(results.APPROACHES)
     for site, info in data["sites"].items():
@@ -46,13 +46,18 @@ def test_the_smoke_preset_reports_every_approach_with_and_without_the_site_inter
         assert info["test"] == len(labels) and info["test_pos"] == sum(labels)
         for key in results.APPROACHES:
             assert preds[key][site][0] == labels  # every approach scored the same held-out patients
-        for key in ("fedavg", "other", "pooled"):
+        for key in ("local", "fedavg", "other", "pooled"):
             base, shifted = np.asarray(preds[key][site][1]), np.asarray(preds[f"{key}+b"][site][1])
             assert not np.allclose(base, shifted)  # the site's own intercept moved the probabilities ...
             assert roc_auc(np.asarray(labels), shifted) == pytest.approx(roc_auc(np.asarray(labels), base))  # ... not the ranking
+        rate = preds["prevalence"][site][1]
+        assert len(set(rate)) == 1 and 0.0 < rate[0] < 1.0  # one score for the site: its training rate
+    assert doc["features"][-2:] == ["calcium_volume", "membranous_septum_length"]
     text = (tmp_path / "smoke.md").read_text()
     for row in ("| local-only |", "| FedAvg |", "| pooled |", "| FedAvg + site intercept |",
-                "| pooled + site intercept |", "| ceiling (true probability) |"):
+                "| pooled + site intercept |", "| local-only + site intercept |", "| linear, FedAvg |",
+                "| logistic regression (scikit-learn), pooled |", "| prevalence only (site's training rate) |",
+                "| ceiling (true probability) |", "| FedAvg - local-only | mean of sites |"):
         assert row in text
     assert doc["other_strategy"]["name"] in results.CANDIDATES
     assert set(doc["other_strategy"]["validation_auroc"]) == set(results.CANDIDATES)
