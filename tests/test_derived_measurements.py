@@ -215,3 +215,23 @@ def test_the_export_feeds_the_measurements_of_the_chosen_ct_to_the_model(sites: 
             else:
                 assert entry["tabular"][i_ca] == pytest.approx(want[CALCIUM_CODE])
                 assert entry["tabular"][i_ms] == pytest.approx(want[LENGTH_CODE])
+
+
+def test_the_dashboard_filters_on_a_derived_measurement(sites: list[Site]) -> None:
+    """The dashboard offers SR:measurements and its filter counts what the engine counts for the spec."""
+    from cohort.dashboard.api import Dashboard
+
+    site = sites[0]
+    dash = Dashboard(site.store, caching=False)
+    try:
+        start = dash.query({"state": dash.initial_state().model_dump(mode="json")})
+        assert any(c["id"] == "SR:measurements:calcium_volume" for c in start["charts"])
+        got = dash.query({"state": start["state"], "action": {
+            "type": "add", "kind": "SR", "template": "measurements",
+            "filters": [{"field": "calcium_volume", "op": ">", "value": 150, "unit": "mm3"}]}})
+        spec = parse_text("m := SR:measurements[calcium_volume > 150 mm3]; cohort m")
+        with DuckIndex.for_store(site.store, read_only=True) as index:
+            expected = evaluate(index, spec).patients
+        assert 0 < got["counts"]["patients"] == expected < dash.patients
+    finally:
+        dash.close()
