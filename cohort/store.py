@@ -67,7 +67,8 @@ class Store(StoreView):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        self.sop_paths()[str(ds.SOPInstanceUID)] = target
+        if self._sop_paths is not None:  # else the first sop_paths() call finds the file
+            self._sop_paths[str(ds.SOPInstanceUID)] = target
         return target
 
     # --- reading ----------------------------------------------------------------------------------

@@ -27,13 +27,14 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.uid import EnhancedSRStorage
 
 from cohort.dicom import codes
 from cohort.dicom.sr_items import declare_local_scheme
 from cohort.dicom.uids import derived_uid
 from cohort.store import Store
 
-__all__ = ["DERIVATION_VERSION", "DerivedObject", "DeriveResult", "derive_measurements", "measure_seg",
+__all__ = ["DERIVATION_VERSION", "DerivedObject", "DeriveResult", "derive_measurements", "derive_one", "measure_seg",
            "SegGeometry", "segment_points", "calcium_volume_mm3", "principal_length_mm", "measurement_sr_uid"]
 
 DERIVATION_VERSION = "1"  # part of the UIDs: a changed derivation writes new SRs next to the old ones
@@ -41,8 +42,6 @@ SR_SERIES_NUMBER = 902
 SR_SERIES_DESCRIPTION = "Measurements derived from segmentation"
 ALGORITHM_NAME = "fedcohort derive-measurements"
 MEASURED_SEGMENTS = ("calcification", "membranous_septum")  # segment keys (SEG TrackingID)
-ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass(frozen=True)
@@ -279,7 +278,7 @@ def derive_measurements(store: Store, seg_paths: Iterable[Path] | None = None,
         sr_uid = measurement_sr_uid(seg_uid)
         if store.has(sr_uid):
             patient = Path(path).parents[2].name
-            result.objects.append(DerivedObject(sr_uid, ENHANCED_SR, patient, seg_uid, False,
+            result.objects.append(DerivedObject(sr_uid, EnhancedSRStorage, patient, seg_uid, False,
                                                 store.sop_paths()[sr_uid]))
         else:
             todo.append(Path(path))

@@ -30,10 +30,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, SegmentationStorage
 
 from cohort.errors import CohortError, ConfigError, InputError
 from cohort.ingest.base import HEAD_BYTES, Converter, IngestContext, InputHead, first_match
@@ -52,6 +52,9 @@ from cohort.processes import usable_cores, worker_context
 from cohort.siteconfig import SiteConfig
 from cohort.store import Store
 
+if TYPE_CHECKING:
+    from cohort.ingest.derive import DerivedObject
+
 ProgressCallback = Callable[[str, int, int], None]  # (stage description, done, total)
 
 WORKERS_ENV = "COHORT_INGEST_WORKERS"
@@ -59,7 +62,6 @@ TEMP_PREFIX = ".tmp-"  # objects being written; a crashed run's leftovers are re
 _STAGED_SUFFIX = ".partial"  # not *.dcm, so no store glob ever sees a half-committed object
 _MIN_POOL_INPUTS = 32  # below this, starting worker processes costs more than it saves
 _MAX_BATCH = 16
-_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 @dataclass
@@ -238,13 +240,11 @@ class _ConversionWorker:
         out.warnings += library_warnings(caught)
         return out
 
-    def derive(self, seg_path: Path) -> tuple[Any, str | None]:
+    def derive(self, seg_path: Path) -> tuple[DerivedObject | None, str | None]:
         """The measurement SR of one stored SEG (``cohort.ingest.derive.derive_one``)."""
         from cohort.ingest.derive import derive_one
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return derive_one(self.store, seg_path)
+        return derive_one(self.store, seg_path)
 
     def _stage(self, ds: Dataset) -> _Staged:
         """Write ``ds`` as a Part 10 file next to its place in the store, under a temporary name."""
@@ -326,7 +326,7 @@ def _convert_batch(batch: list[tuple[str, str, int]]) -> list[_Converted]:
     return [_WORKER.convert(Path(path), digest, conv) for path, digest, conv in batch]
 
 
-def _derive_batch(batch: list[str]) -> list[tuple[Any, str | None]]:
+def _derive_batch(batch: list[str]) -> list[tuple[DerivedObject | None, str | None]]:
     assert _WORKER is not None, "worker not initialised"
     return [_WORKER.derive(Path(path)) for path in batch]
 
@@ -501,7 +501,7 @@ class IngestRun:
         paths = self.store.sop_paths()
         segs = [(uid, rel) for uid, rel in self._seg_inputs.items() if uid in paths]
 
-        def mapper(todo: list[Path]) -> Iterator[tuple[Any, str | None]]:
+        def mapper(todo: list[Path]) -> Iterator[tuple[DerivedObject | None, str | None]]:
             if pool is None or len(todo) < 2:
                 assert local is not None or pool is not None
                 worker = local or _ConversionWorker(self.raw_dir, self.store.root, self.site, self.converters)
@@ -510,7 +510,9 @@ class IngestRun:
             batches = [[str(p) for p in todo[i:i + size]] for i in range(0, len(todo), size)]
             return (outcome for batch in pool.map(_derive_batch, batches) for outcome in batch)
 
+        self.progress("deriving measurements", 0, len(segs))
         result = derive_measurements(self.store, [paths[uid] for uid, _ in segs], mapper)
+        self.progress("deriving measurements", len(segs), len(segs))
         by_seg = dict(segs)
         r = self.report
         for obj in result.objects:
@@ -557,7 +559,7 @@ class IngestRun:
                 r.objects_by_sop_class[k] = r.objects_by_sop_class.get(k, 0) + v
             r.objects_written += sum(counts.values())
             self._seg_inputs.update({o["sop_uid"]: entry["input"] for o in entry.get("objects", [])
-                                     if o["sop_class"] == _SEG_SOP_CLASS})
+                                     if o["sop_class"] == SegmentationStorage})
             patient_ids.update(o["patient_id"] for o in entry.get("objects", []))
             for part in entry.get("rejected", []):
                 r.rejected_parts.append(RejectedPartEntry(entry["input"], part["where"], part["reason"],
