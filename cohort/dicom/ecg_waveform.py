@@ -14,29 +14,41 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
 
 from cohort.dicom.codes import LEAD_CODES_MDC, LEAD_MEANINGS_MDC, MICROVOLT, TWELVE_LEADS
 from cohort.dicom.patient import PatientRef, apply_patient
 from cohort.dicom.sr_items import coded_entry
+from cohort.dicom.vr_text import fit_vr
 from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
 from cohort.ingest.base import IngestContext
 
 __all__ = [
-    "TWELVE_LEAD_ECG_STORAGE", "build_ecg_waveform", "quantization_step", "file_meta_for", "format_da",
+    "TWELVE_LEAD_ECG_STORAGE", "GENERAL_ECG_STORAGE", "TWELVE_LEAD_MAX_SAMPLES", "build_ecg_waveform", "quantization_step", "file_meta_for", "format_da",
     "format_tm", "format_dt",
 ]
 
 TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
+GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
+# The 12-Lead ECG IOD limits Number of Waveform Samples to 16384 (PS3.3 A.34.3.4); longer recordings
+# (e.g. a 60 s rhythm strip) become General ECG Waveform Storage, which has the same modules and no
+# such limit, so nothing is cut.
+TWELVE_LEAD_MAX_SAMPLES = 16384
 _INT16_MAX = 32767  # -32768 stays unused so the range is symmetric
 # 1 uV per bit is finer than any ECG front end records (MUSE 4.88, SCP-ECG 5, DICOM 1.25-5 uV).
 _BASE_STEP_UV = 1.0
 
 
-def quantization_step(leads: dict[str, np.ndarray]) -> float:
-    """Microvolts per bit: 1 uV, doubled until the largest amplitude fits in 16 bits."""
+def quantization_step(leads: dict[str, np.ndarray], source_step_uv: float | None = None) -> float:
+    """Microvolts per bit: 1 uV (or the source's finer step), doubled until the largest amplitude fits in 16 bits.
+
+    A source that counts in less than 1 uV (e.g. 183 nV) keeps its own step, so its integers survive.
+    """
     peak = max(float(np.max(np.abs(v))) for v in leads.values()) if leads else 0.0
     step = _BASE_STEP_UV
+    if source_step_uv is not None and 0 < source_step_uv < _BASE_STEP_UV:
+        step = source_step_uv
     while peak / step > _INT16_MAX:
         step *= 2.0
     return step
@@ -72,12 +84,15 @@ def _age_string(years: int) -> str:
     return f"{years:03d}Y"
 
 
-def _channel(lead: str, step_uv: float) -> Dataset:
+def _channel(lead: str, step_uv: float, flat: bool) -> Dataset:
     ch = Dataset()
     ch.ChannelLabel = lead
+    if flat:
+        # Channel Status (type 3): every sample of the source lead is 0, so no electrode signal was recorded.
+        ch.ChannelStatus = "DISCONNECTED"
     source = coded_entry(_lead_code(lead))
     ch.ChannelSourceSequence = [source]
-    ch.ChannelSensitivity = f"{step_uv:g}"
+    ch.ChannelSensitivity = format_number_as_ds(step_uv) if step_uv < _BASE_STEP_UV else f"{step_uv:g}"
     ch.ChannelSensitivityUnitsSequence = [coded_entry(MICROVOLT)]
     ch.ChannelSensitivityCorrectionFactor = "1"  # the step above is already the true scale
     ch.ChannelBaseline = "0"  # the record's microvolts are baseline-free
@@ -96,7 +111,7 @@ def _waveform_group(record: EcgRecord) -> Dataset:
     leads = {lead: np.asarray(record.leads[lead], dtype=np.float64) for lead in TWELVE_LEADS}
     if not all(np.all(np.isfinite(v)) for v in leads.values()):
         raise InputError("ECG samples contain NaN or infinite values", field="leads")
-    step = quantization_step(leads)
+    step = quantization_step(leads, record.amplitude_resolution_uv)
     samples = np.stack([leads[lead] for lead in TWELVE_LEADS], axis=1)  # (n, channels): interleaved
     raw = np.clip(np.rint(samples / step), -_INT16_MAX, _INT16_MAX).astype("<i2")
 
@@ -107,7 +122,8 @@ def _waveform_group(record: EcgRecord) -> Dataset:
     group.NumberOfWaveformSamples = int(raw.shape[0])
     group.SamplingFrequency = f"{record.sampling_frequency:g}"
     group.MultiplexGroupLabel = "RHYTHM"
-    group.ChannelDefinitionSequence = [_channel(lead, step) for lead in TWELVE_LEADS]
+    flat = set(record.flat_leads())
+    group.ChannelDefinitionSequence = [_channel(lead, step, lead in flat) for lead in TWELVE_LEADS]
     group.WaveformBitsAllocated = 16
     group.WaveformSampleInterpretation = "SS"
     group.WaveformData = raw.tobytes()
@@ -124,12 +140,14 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
         raise InputError(f"ECG lacks leads {missing}; derive limb leads before building DICOM", field="leads")
     acquired = record.acquired
     sop_uid = ctx.uid("ecg-waveform")
+    n_samples = len(record.leads[TWELVE_LEADS[0]])
+    sop_class = TWELVE_LEAD_ECG_STORAGE if n_samples <= TWELVE_LEAD_MAX_SAMPLES else GENERAL_ECG_STORAGE
 
     ds = Dataset()
-    ds.file_meta = file_meta_for(TWELVE_LEAD_ECG_STORAGE, sop_uid)
+    ds.file_meta = file_meta_for(sop_class, sop_uid)
     # SOP Common
     ds.SpecificCharacterSet = "ISO_IR 192"  # manufacturer strings may hold non-ASCII characters
-    ds.SOPClassUID = TWELVE_LEAD_ECG_STORAGE
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate = format_da(acquired)  # no wall clock: the object must be reproducible
     ds.InstanceCreationTime = format_tm(acquired)
@@ -154,9 +172,9 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     ds.SeriesTime = format_tm(acquired)
     ds.SeriesDescription = "Resting 12-lead ECG"
     # General Equipment
-    ds.Manufacturer = record.manufacturer
-    if record.device_model:
-        ds.ManufacturerModelName = record.device_model
+    ds.Manufacturer = fit_vr(record.manufacturer, "LO")
+    if fit_vr(record.device_model, "LO"):
+        ds.ManufacturerModelName = fit_vr(record.device_model, "LO")
     # Waveform Identification
     ds.InstanceNumber = 1
     ds.ContentDate = format_da(acquired)
