@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 
 from cohort.errors import CohortError
-from cohort.index.catalog import FieldInfo, field_catalog
+from cohort.index.catalog import STORE_TEMPLATE_DIR, FieldInfo, field_catalog
 from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows
 from cohort.index.schema import (
     DERIVED,
@@ -40,7 +40,6 @@ from cohort.index.templates import SR_VALUE_TYPES, TemplateConfig, load_template
 from cohort.processes import worker_context
 
 INDEX_FILE = "index.duckdb"
-STORE_TEMPLATE_DIR = "templates"
 Progress = Callable[[int, int], None]
 _FLUSH_EVERY = 2000  # files per batch: bounds memory while keeping appends large
 _NUMERIC = {"INTEGER", "DOUBLE", "BIGINT"}
