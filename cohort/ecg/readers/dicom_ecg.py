@@ -20,10 +20,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from cohort.dicom import codes
+from cohort.dicom.conformance import find_truncation
 from cohort.ecg.readers import findings_from_statements, read_input_bytes
 from cohort.ecg.record import EcgRecord, derive_limb_leads
 from cohort.errors import InputError
-from cohort.ingest.conformance import find_truncation
 
 TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"

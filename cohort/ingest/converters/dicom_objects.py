@@ -36,6 +36,14 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
+from cohort.dicom.conformance import (
+    PIXEL_DATA_KEYWORDS,
+    decode_all,
+    find_truncation,
+    is_image_sop_class,
+    missing_attributes,
+    sop_class_name,
+)
 from cohort.dicom.patient import IDENTIFYING_ATTRIBUTES, apply_patient
 from cohort.errors import InputError
 from cohort.ingest.base import (
@@ -45,14 +53,6 @@ from cohort.ingest.base import (
     Converter,
     IngestContext,
     InputHead,
-)
-from cohort.ingest.conformance import (
-    PIXEL_DATA_KEYWORDS,
-    decode_all,
-    find_truncation,
-    is_image_sop_class,
-    missing_attributes,
-    sop_class_name,
 )
 from cohort.siteconfig import SiteConfig, Strictness
 
