@@ -31,7 +31,8 @@ from cohort.ecg.record import EcgRecord, derive_limb_leads
 from cohort.errors import ConfigError, SpecError
 from cohort.index.catalog import field_catalog, fields_for, resolve_field
 from cohort.index.compile_duck import evaluate, matching_entities
-from cohort.index.duck import DuckIndex, reindex, unindexed_items
+from cohort.index.duck import DuckIndex, unindexed_items
+from cohort.index.publish import reindex
 from cohort.index.extract import extract_dataset, extract_file
 from cohort.index.templates import load_templates
 from cohort.spec.model import CohortSpec

@@ -91,7 +91,7 @@ def export(
 @app.command()
 def reindex(store: Annotated[Path, typer.Option(help="store folder")]) -> None:
     """Rebuild the SR items of the index after template extraction configs changed."""
-    from cohort.index.duck import reindex as do_reindex
+    from cohort.index.publish import reindex as do_reindex
 
     with progress_callback(True) as cb:
         n = do_reindex(store, progress=lambda done, total: cb("reindexing", done, total))

@@ -549,18 +549,10 @@ def _queue_entity(batch: _Batch, eid: int, ex: Extracted, path: str) -> None:
     batch.rows["concepts"] += [(eid, *r) for r in ex.concepts]
 
 
-def reindex(store: str | Path, progress: Progress | None = None) -> int:
-    """Rebuild the SR items of ``store``'s index from its files (after template configs changed)."""
-    from cohort.index.publish import update_index  # publish builds on this module
-
-    with update_index(store, publish_unchanged=True) as index:
-        return index.reindex(progress)
-
-
 def unindexed_items(store: str | Path) -> list[UnindexedPath]:
     """SR concept paths present in ``store``'s SRs but named by no template config, with counts."""
     with DuckIndex.for_store(store, read_only=True) as index:
         return index.unindexed_items()
 
 
-__all__ = ["DuckIndex", "AddReport", "UnindexedPath", "reindex", "unindexed_items", "append_rows", "columns"]
+__all__ = ["DuckIndex", "AddReport", "UnindexedPath", "Progress", "unindexed_items", "append_rows", "columns"]
