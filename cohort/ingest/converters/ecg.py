@@ -15,9 +15,9 @@ from typing import ClassVar
 
 from pydicom.dataset import Dataset
 
-from cohort.dicom.ecg_report import build_ecg_report
-from cohort.dicom.ecg_waveform import build_ecg_waveform
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.ecg.dicom_report import build_ecg_report
+from cohort.ecg.dicom_waveform import build_ecg_waveform
 from cohort.ecg.readers.aecg import read_aecg
 from cohort.ecg.readers.dicom_ecg import ECG_SOP_CLASSES, record_from_dataset
 from cohort.ecg.readers.muse import read_muse
@@ -44,7 +44,7 @@ __all__ = ["AecgConverter", "DicomEcgConverter", "MuseConverter", "ScpEcgConvert
 
 
 def _datasets(record: EcgRecord, waveform: Dataset, patient: PatientRef, ctx: IngestContext) -> ConversionResult:
-    report = build_ecg_report(record, waveform, patient, ctx)
+    report = build_ecg_report(record, waveform, patient, ctx.uid, ctx.site.site_id)
     return ConversionResult(datasets=[waveform] + ([report] if report is not None else []))
 
 
@@ -68,7 +68,7 @@ class _SourceEcgConverter(Converter):
         source_id, field = self._patient_id(record, path, ctx)
         patient = ctx.patients.resolve(id_kind, source_id, path=path, field=field)
         try:
-            waveform = build_ecg_waveform(record, patient, ctx)
+            waveform = build_ecg_waveform(record, patient, ctx.uid)
             result = _datasets(record, waveform, patient, ctx)
         except InputError as exc:
             raise _with_path(exc, path) from None

@@ -2,31 +2,29 @@
 
 One multiplex group holds the twelve leads in ``TWELVE_LEADS`` order as interleaved 16-bit signed
 samples; waveform_array() on the result gives back the record's microvolts within half a
-quantization step. Dates and UIDs come from the record and the ingest context only, so the same
+quantization step. Dates and UIDs come from the record and the ``uid`` callable only, so the same
 input always yields a byte-identical object.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
 from cohort.dicom.codes import LEAD_CODES_MDC, LEAD_MEANINGS_MDC, MICROVOLT, TWELVE_LEADS
+from cohort.dicom.part10 import file_meta_for, format_da, format_dt, format_tm
 from cohort.dicom.patient import PatientRef, apply_patient
 from cohort.dicom.sr_items import coded_entry
 from cohort.dicom.vr_text import fit_vr
 from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
-from cohort.ingest.base import IngestContext
 
 __all__ = [
-    "TWELVE_LEAD_ECG_STORAGE", "GENERAL_ECG_STORAGE", "TWELVE_LEAD_MAX_SAMPLES", "build_ecg_waveform", "quantization_step", "file_meta_for", "format_da",
-    "format_tm", "format_dt",
+    "TWELVE_LEAD_ECG_STORAGE", "GENERAL_ECG_STORAGE", "TWELVE_LEAD_MAX_SAMPLES", "build_ecg_waveform", "quantization_step",
 ]
 
 TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
@@ -52,30 +50,6 @@ def quantization_step(leads: dict[str, np.ndarray], source_step_uv: float | None
     while peak / step > _INT16_MAX:
         step *= 2.0
     return step
-
-
-def file_meta_for(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
-    """Part 10 file meta for an object written in Explicit VR Little Endian."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return meta
-
-
-def format_da(dt: datetime) -> str:
-    """DICOM DA of ``dt``'s clock date (any time zone is ignored: sources give local time)."""
-    return dt.strftime("%Y%m%d")
-
-
-def format_tm(dt: datetime) -> str:
-    """DICOM TM, with microseconds only when there are any."""
-    return dt.strftime("%H%M%S") + (f".{dt.microsecond:06d}" if dt.microsecond else "")
-
-
-def format_dt(dt: datetime) -> str:
-    """DICOM DT without offset, consistent with ``format_da`` and ``format_tm``."""
-    return format_da(dt) + format_tm(dt)
 
 
 def _age_string(years: int) -> str:
@@ -130,8 +104,10 @@ def _waveform_group(record: EcgRecord) -> Dataset:
     return group
 
 
-def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContext) -> Dataset:
+def build_ecg_waveform(record: EcgRecord, patient: PatientRef, uid: Callable[[str], str]) -> Dataset:
     """The 12-Lead ECG Waveform Storage object for ``record`` (with Part 10 file meta).
+
+    ``uid(role)`` mints the object's UIDs (the ingest context's ``uid``: the same input, the same UIDs).
 
     Raises InputError when the record has no usable twelve leads (see ``EcgRecord.check``).
     """
@@ -139,7 +115,7 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     if missing:
         raise InputError(f"ECG lacks leads {missing}; derive limb leads before building DICOM", field="leads")
     acquired = record.acquired
-    sop_uid = ctx.uid("ecg-waveform")
+    sop_uid = uid("ecg-waveform")
     n_samples = len(record.leads[TWELVE_LEADS[0]])
     sop_class = TWELVE_LEAD_ECG_STORAGE if n_samples <= TWELVE_LEAD_MAX_SAMPLES else GENERAL_ECG_STORAGE
 
@@ -157,7 +133,7 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     if record.patient_age_years is not None:
         ds.PatientAge = _age_string(record.patient_age_years)
     # General Study
-    ds.StudyInstanceUID = ctx.uid("ecg-study")
+    ds.StudyInstanceUID = uid("ecg-study")
     ds.StudyDate = format_da(acquired)
     ds.StudyTime = format_tm(acquired)
     ds.ReferringPhysicianName = ""
@@ -166,7 +142,7 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     ds.StudyDescription = "12-lead ECG"
     # General Series
     ds.Modality = "ECG"
-    ds.SeriesInstanceUID = ctx.uid("ecg-series")
+    ds.SeriesInstanceUID = uid("ecg-series")
     ds.SeriesNumber = 1
     ds.SeriesDate = format_da(acquired)
     ds.SeriesTime = format_tm(acquired)
