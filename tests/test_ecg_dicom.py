@@ -19,14 +19,14 @@ from pydicom.sr.coding import Code
 from cohort.dicom import codes
 from cohort.dicom import sr_items as sr
 from cohort.dicom.patient import PatientRef
+from cohort.dicom.sop_classes import COMPREHENSIVE_SR_STORAGE, TWELVE_LEAD_ECG_STORAGE
 from cohort.dicom.validate import SR_VALIDATOR_JAVA_OPTIONS, dciodvfy, dsrdump, sr_validator
 from cohort.ecg.dicom_report import (
-    COMPREHENSIVE_SR_STORAGE,
     FINDING_CODES,
     MEASUREMENT_CODES,
     build_ecg_report,
 )
-from cohort.ecg.dicom_waveform import TWELVE_LEAD_ECG_STORAGE, build_ecg_waveform, quantization_step
+from cohort.ecg.dicom_waveform import build_ecg_waveform, quantization_step
 from cohort.ecg.record import FINDINGS, MEASUREMENT_UNITS, EcgRecord, derive_limb_leads
 from cohort.errors import InputError
 from tests.helpers import make_context

@@ -22,12 +22,12 @@ from cohort.dicom import codes
 from cohort.dicom import sr_items as sr
 from cohort.dicom.part10 import file_meta_for, format_da, format_tm
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.dicom.sop_classes import COMPREHENSIVE_SR_STORAGE
 from cohort.dicom.uids import derived_uid
 from cohort.ecg.record import FINDINGS, EcgRecord
 
-__all__ = ["COMPREHENSIVE_SR_STORAGE", "MEASUREMENT_CODES", "FINDING_CODES", "build_ecg_report"]
+__all__ = ["MEASUREMENT_CODES", "FINDING_CODES", "build_ecg_report"]
 
-COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
 SR_MANUFACTURER = "FedCohort"
 
 # Canonical measurement key (cohort.ecg.record.MEASUREMENT_UNITS) -> concept and UCUM unit.

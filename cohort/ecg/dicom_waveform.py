@@ -18,17 +18,16 @@ from pydicom.valuerep import format_number_as_ds
 from cohort.dicom.codes import LEAD_CODES_MDC, LEAD_MEANINGS_MDC, MICROVOLT, TWELVE_LEADS
 from cohort.dicom.part10 import file_meta_for, format_da, format_dt, format_tm
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.dicom.sop_classes import GENERAL_ECG_STORAGE, TWELVE_LEAD_ECG_STORAGE
 from cohort.dicom.sr_items import coded_entry
 from cohort.dicom.vr_text import fit_vr
 from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
 
 __all__ = [
-    "TWELVE_LEAD_ECG_STORAGE", "GENERAL_ECG_STORAGE", "TWELVE_LEAD_MAX_SAMPLES", "build_ecg_waveform", "quantization_step",
+    "TWELVE_LEAD_MAX_SAMPLES", "build_ecg_waveform", "quantization_step",
 ]
 
-TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
-GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
 # The 12-Lead ECG IOD limits Number of Waveform Samples to 16384 (PS3.3 A.34.3.4); longer recordings
 # (e.g. a 60 s rhythm strip) become General ECG Waveform Storage, which has the same modules and no
 # such limit, so nothing is cut.

@@ -16,10 +16,11 @@ from typing import ClassVar
 from pydicom.dataset import Dataset
 
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.dicom.sop_classes import RESTING_ECG_SOP_CLASSES
 from cohort.ecg.dicom_report import build_ecg_report
 from cohort.ecg.dicom_waveform import build_ecg_waveform
 from cohort.ecg.readers.aecg import read_aecg
-from cohort.ecg.readers.dicom_ecg import ECG_SOP_CLASSES, record_from_dataset
+from cohort.ecg.readers.dicom_ecg import record_from_dataset
 from cohort.ecg.readers.muse import read_muse
 from cohort.ecg.readers.scpecg import read_scpecg
 from cohort.ecg.record import EcgRecord
@@ -169,7 +170,7 @@ class DicomEcgConverter(Converter):
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:
         is_dicom, sop_class = sop_class_in_head(head.data)
-        return is_dicom and sop_class in ECG_SOP_CLASSES
+        return is_dicom and sop_class in RESTING_ECG_SOP_CLASSES
 
     def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
         ds = read_dicom(path)
