@@ -15,8 +15,7 @@ from pydicom.dataset import Dataset
 
 from cohort.dicom import codes
 from cohort.dicom import sr_items as sr
-from cohort.dicom.patient import PatientRef
-from cohort.dicom.tables_sr import (
+from cohort.dicom.clinical_sr import (
     DocumentIds,
     PacemakerFindings,
     ProcedureEntry,
@@ -25,6 +24,7 @@ from cohort.dicom.tables_sr import (
     registry_tree,
     sr_document,
 )
+from cohort.dicom.patient import PatientRef
 from cohort.ecg.dicom_report import build_ecg_report
 from cohort.ecg.dicom_waveform import build_ecg_waveform
 from cohort.ecg.record import EcgRecord, derive_limb_leads
