@@ -6,6 +6,7 @@ has a silent default for what only the site can know (its id, its store, its pse
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -71,9 +72,28 @@ class RegistryTable(_Strict):
 
 
 class EcgSource(_Strict):
-    """Which identifier the site's ECG system writes into its exports."""
+    """Which identifier the site's ECG system writes into its exports, and where to find it when it does not.
+
+    ``patient_id_from_path`` is a regular expression with a group named ``id``, searched in the path of
+    an ECG file relative to RAW_DIR (with ``/``), e.g. ``'^ecg/(?P<id>[^/]+)/'`` for one folder per
+    patient. It is used only for files that carry no patient identifier; the id it finds is of ``id_kind``.
+    """
 
     id_kind: IdKind = "pacs_id"
+    patient_id_from_path: str | None = None
+
+    @field_validator("patient_id_from_path")
+    @classmethod
+    def _one_id_group(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            pattern = re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"ecg.patient_id_from_path {v!r} is not a regular expression ({exc})") from None
+        if "id" not in pattern.groupindex:
+            raise ValueError(f"ecg.patient_id_from_path {v!r} needs a group named id, e.g. '^ecg/(?P<id>[^/]+)/'")
+        return v
 
 
 class SegmentationSource(_Strict):

@@ -18,20 +18,40 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from cohort.errors import InputError
-from cohort.ingest.base import SeriesInStore, StoreView
 
 _SAFE = re.compile(r"[^A-Za-z0-9.\-_]")
 
 
 def _safe(part: str) -> str:
     return _SAFE.sub("_", str(part)) or "_"
+
+
+@dataclass(frozen=True)
+class SeriesInStore:
+    """A series already in the store (used by converters that annotate it)."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    modality: str
+    files: tuple[Path, ...]
+
+
+class StoreView(ABC):
+    """Read access to what the store holds, for converters that reference stored objects."""
+
+    @abstractmethod
+    def series_of(self, patient_id: str, modality: str) -> list[SeriesInStore]:
+        """Stored series of a patient with that modality, oldest study first."""
 
 
 class Store(StoreView):

@@ -137,9 +137,10 @@ class TrainingSettings:
 def export_dir(site: SiteConfig, spec_json: dict[str, Any], subset: str) -> Path:
     """Export the agreed cohort once per (spec, subset); later calls reuse the export."""
     from cohort.export import export_cohort, export_key
+    from cohort.index.catalog import store_catalog
     from cohort.spec.load import parse_spec
 
-    spec = parse_spec(spec_json)
+    spec = parse_spec(spec_json, catalog=store_catalog(site.store_path()))
     out = site.store_path() / "exports" / export_key(spec, subset)
     if not (out / "datalist.json").exists():
         export_cohort(site.store_path(), spec, out, subset=subset)

@@ -110,12 +110,12 @@ def demo(
                   str(r.objects_written), str(r.patients))
     console.print(t)
     if not result.report_json.exists():
-        raise CohortError(f"the federation wrote no report at {result.report_json}; see the log above")
+        raise CohortError(f"the federation wrote no report at {result.report_json}; see the run's log {result.log}")
     console.print(_summary(result.report_json))
     console.print(_rounds(result.report_json))
     console.print(_final(result.report_json))
     console.print(f"reports: {result.report_json.parent}/report.html, label_balance.png, metrics.png "
-                  f"(or: fl-server serve --run {result.report_json.parent})")
+                  f"(or: fl-server serve --run {result.report_json.parent}); log of Flower and Ray: {result.log}")
     stages = ", ".join(f"{name} {sec:.0f} s" for name, sec in result.stage_seconds.items())
     console.print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min ({stages})")
 

@@ -6,9 +6,12 @@ with FedAvg, write the reports.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from cohort.ingest.report import IngestReport
 from cohort.protocol import CONFIG_RECORD, KEY_SERVER_ROUND, QUERY_ACTION
 
 ProgressCallback = Callable[[str, int, int], None]
+DEMO_LOG = "demo.log"  # in the run folder: what Flower, Ray and other libraries said during the run
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class DemoResult:
     ingest_reports: dict[str, IngestReport]
     report_json: Path
     stage_seconds: dict[str, float]  # wall time of synthesis, ingest (all sites) and federation
+    log: Path  # the libraries' log of the run (Flower's messages, Python warnings)
 
 
 def quiet_flower_env() -> None:
@@ -34,6 +39,42 @@ def quiet_flower_env() -> None:
     for key, value in FLOWER_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@contextmanager
+def library_output_to(log_path: Path) -> Iterator[None]:
+    """Flower's log and Python warnings go to ``log_path`` inside the block, not to the terminal.
+
+    The demo's terminal shows the project's own progress bars and tables. What the libraries say
+    (Flower's "DEPRECATED FEATURE" notice for ``run_simulation``, which has no in-process successor;
+    Ray's accelerator FutureWarning) is kept in the run's log file, with the project's own log lines
+    (negotiation, rounds) and any error a site or the ServerApp logs.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    flwr_logger = logging.getLogger("flwr")
+    consoles = [h for h in flwr_logger.handlers if isinstance(h, logging.StreamHandler)
+                and not isinstance(h, logging.FileHandler)]
+    for h in consoles:
+        flwr_logger.removeHandler(h)
+    flwr_logger.addHandler(handler)
+
+    def to_log(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+               file: object = None, line: str | None = None) -> None:
+        handler.emit(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno,
+                                       warnings.formatwarning(message, category, filename, lineno, line).rstrip(),
+                                       None, None))
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = to_log
+            yield
+    finally:
+        flwr_logger.removeHandler(handler)
+        for h in consoles:
+            flwr_logger.addHandler(h)
+        handler.close()
 
 
 class ProgressGrid:
@@ -121,7 +162,9 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
         def main(grid: Grid, context: Context) -> None:
             run_federation(ProgressGrid(grid, progress, rounds), settings)  # type: ignore[arg-type]
 
-    run_simulation(server_app=server_app, client_app=build_client_app(synth_dir / "consortium.json"),
-                   num_supernodes=sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    log = run_out / DEMO_LOG
+    with library_output_to(log):
+        run_simulation(server_app=server_app, client_app=build_client_app(synth_dir / "consortium.json"),
+                       num_supernodes=sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
     seconds["federation"] = time.perf_counter() - t0 - seconds["synthesis"] - seconds["ingest"]
-    return DemoResult(out, reports, run_out / "report.json", seconds)
+    return DemoResult(out, reports, run_out / "report.json", seconds, log)

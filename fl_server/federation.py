@@ -15,6 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from cohort.errors import ConfigError
+from cohort.index.catalog import field_catalog
 from cohort.protocol import (
     ANSWER_RECORD,
     CONFIG_RECORD,
@@ -33,6 +35,7 @@ from cohort.protocol import (
 )
 from cohort.release.disclosure import ReleasedCounts
 from cohort.spec.load import parse_spec
+from cohort.spec.model import CohortSpec
 from fl_server.agreement import AgreementRule, SiteAnswer
 from fl_server.config import compose_run_config
 from fl_server.final_model_round import STORED, deliver_final_model
@@ -120,11 +123,26 @@ def _model_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in model_cfg.items()}
 
 
+def coordinator_spec(cfg: dict[str, Any]) -> CohortSpec:
+    """The run's cohort spec, checked against the coordinator's catalog before any message goes out.
+
+    The coordinator has no store: its catalog is the built-in fields plus the template configs the
+    consortium shares (``federation.template_configs``, folders). Each site checks the spec again
+    against its own store's catalog when it answers.
+    """
+    dirs = [Path(d) for d in cfg["federation"].get("template_configs") or []]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ConfigError(f"federation.template_configs names folders that do not exist: {missing}; give folders "
+                          "of template extraction configs (docs/templates.md)")
+    return parse_spec(cfg["cohort"], catalog=field_catalog(dirs))
+
+
 def run_federation(grid: Grid, settings: RunSettings) -> RunReport:
     """The whole coordinator side of one run; writes the reports into ``settings.out_dir``."""
     out = Path(settings.out_dir)
     cfg = compose_run_config(settings.cohort, settings.overrides)
-    spec = parse_spec(cfg["cohort"])
+    spec = coordinator_spec(cfg)
     spec_json = spec.to_dict()
     fed = cfg["federation"]
     nodes = _wait_for_nodes(grid, settings.expected_sites, settings.wait_s)

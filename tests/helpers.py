@@ -8,8 +8,9 @@ import pydicom
 
 from cohort.dicom.patient import PatientRef, pseudonym
 from cohort.errors import UnknownPatientError
-from cohort.ingest.base import IngestContext, PatientDirectory, SeriesInStore, StoreView
+from cohort.ingest.base import IngestContext, PatientDirectory
 from cohort.siteconfig import IdKind, SiteConfig
+from cohort.store import SeriesInStore, StoreView
 from cohort.synth.profiles import PROFILES
 
 

@@ -690,7 +690,7 @@ def test_every_valid_input_is_still_converted(ingested: Ingested) -> None:
 
 def test_valid_objects_lack_no_attribute_their_sop_class_requires(ingested: Ingested) -> None:
     # Every kind the site stores (CT, SEG, SRs of each template, ECG waveforms): no false alarms.
-    from cohort.ingest.conformance import missing_attributes
+    from cohort.dicom.conformance import missing_attributes
 
     clean = [p for p in Store(ingested.store).files() if p.stem in ingested.clean_sop_uids]
     kinds = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in clean}

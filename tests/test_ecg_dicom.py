@@ -18,15 +18,15 @@ from pydicom.sr.coding import Code
 
 from cohort.dicom import codes
 from cohort.dicom import sr_items as sr
-from cohort.dicom.ecg_report import (
-    COMPREHENSIVE_SR_STORAGE,
+from cohort.dicom.patient import PatientRef
+from cohort.dicom.sop_classes import COMPREHENSIVE_SR_STORAGE, TWELVE_LEAD_ECG_STORAGE
+from cohort.dicom.validate import SR_VALIDATOR_JAVA_OPTIONS, dciodvfy, dsrdump, sr_validator
+from cohort.ecg.dicom_report import (
     FINDING_CODES,
     MEASUREMENT_CODES,
     build_ecg_report,
 )
-from cohort.dicom.ecg_waveform import TWELVE_LEAD_ECG_STORAGE, build_ecg_waveform, quantization_step
-from cohort.dicom.patient import PatientRef
-from cohort.dicom.validate import SR_VALIDATOR_JAVA_OPTIONS, dciodvfy, dsrdump, sr_validator
+from cohort.ecg.dicom_waveform import build_ecg_waveform, quantization_step
 from cohort.ecg.record import FINDINGS, MEASUREMENT_UNITS, EcgRecord, derive_limb_leads
 from cohort.errors import InputError
 from tests.helpers import make_context
@@ -76,8 +76,8 @@ def record_from_pydicom_ecg() -> EcgRecord:
 
 def build_pair(record: EcgRecord, tmp: Path, digest: str = "0" * 64) -> tuple[Dataset, Dataset | None]:
     ctx = make_context(tmp, digest=digest)
-    waveform = build_ecg_waveform(record, PATIENT, ctx)
-    return waveform, build_ecg_report(record, waveform, PATIENT, ctx)
+    waveform = build_ecg_waveform(record, PATIENT, ctx.uid)
+    return waveform, build_ecg_report(record, waveform, PATIENT, ctx.uid, ctx.site.site_id)
 
 
 def content_at(root: Dataset, *path: Code) -> list[Dataset]:
@@ -149,7 +149,7 @@ def test_waveform_round_trips_microvolts_within_quantization(tmp_path: Path) -> 
 
 def test_waveform_carries_patient_study_and_equipment(tmp_path: Path) -> None:
     ctx = make_context(tmp_path)
-    ds = build_ecg_waveform(make_record(), PATIENT, ctx)
+    ds = build_ecg_waveform(make_record(), PATIENT, ctx.uid)
     assert ds.PatientID == PATIENT.patient_id and ds.PatientBirthDate == ""
     assert ds.PatientSex == "F" and ds.PatientAge == "081Y"
     assert ds.StudyInstanceUID == ctx.uid("ecg-study") and ds.SOPInstanceUID == ctx.uid("ecg-waveform")
@@ -188,7 +188,7 @@ def test_unusable_leads_raise_input_error(tmp_path: Path, change) -> None:  # no
     leads = {k: v.copy() for k, v in synthetic_leads().items()}
     change(leads)
     with pytest.raises(InputError, match="leads"):
-        build_ecg_waveform(make_record(leads=leads), PATIENT, make_context(tmp_path))
+        build_ecg_waveform(make_record(leads=leads), PATIENT, make_context(tmp_path).uid)
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -296,9 +296,9 @@ def test_report_branches_follow_what_the_record_has(tmp_path: Path) -> None:
 def test_unknown_measurement_key_is_a_reader_bug(tmp_path: Path) -> None:
     ctx = make_context(tmp_path)
     record = make_record(measurements={"qrs_width": 120.0})
-    waveform = build_ecg_waveform(record, PATIENT, ctx)
+    waveform = build_ecg_waveform(record, PATIENT, ctx.uid)
     with pytest.raises(ValueError, match="qrs_width"):
-        build_ecg_report(record, waveform, PATIENT, ctx)
+        build_ecg_report(record, waveform, PATIENT, ctx.uid, ctx.site.site_id)
 
 
 def test_every_canonical_measurement_and_finding_has_a_code() -> None:

@@ -15,10 +15,7 @@ from pydicom.dataset import Dataset
 
 from cohort.dicom import codes
 from cohort.dicom import sr_items as sr
-from cohort.dicom.ecg_report import build_ecg_report
-from cohort.dicom.ecg_waveform import build_ecg_waveform
-from cohort.dicom.patient import PatientRef
-from cohort.dicom.tables_sr import (
+from cohort.dicom.clinical_sr import (
     DocumentIds,
     PacemakerFindings,
     ProcedureEntry,
@@ -27,12 +24,16 @@ from cohort.dicom.tables_sr import (
     registry_tree,
     sr_document,
 )
+from cohort.dicom.patient import PatientRef
+from cohort.ecg.dicom_report import build_ecg_report
+from cohort.ecg.dicom_waveform import build_ecg_waveform
 from cohort.ecg.record import EcgRecord, derive_limb_leads
 from cohort.errors import ConfigError, SpecError
 from cohort.index.catalog import field_catalog, fields_for, resolve_field
 from cohort.index.compile_duck import evaluate, matching_entities
-from cohort.index.duck import DuckIndex, reindex, unindexed_items
+from cohort.index.duck import DuckIndex, unindexed_items
 from cohort.index.extract import extract_dataset, extract_file
+from cohort.index.publish import reindex
 from cohort.index.templates import load_templates
 from cohort.spec.model import CohortSpec
 from cohort.spec.units import convert
@@ -58,8 +59,8 @@ def _ecg_objects(tmp_path: Path, qrs: float = 132.0, findings=("sinus_rhythm", "
                        measurements={"qrs_ms": qrs, "pr_ms": 170.0, "heart_rate": 70.0}, findings=list(findings),
                        statements=["Linksschenkelblock"], patient_sex="F", patient_age_years=81)
     ctx = make_context(tmp_path)
-    waveform = build_ecg_waveform(record, PATIENT, ctx)
-    report = build_ecg_report(record, waveform, PATIENT, ctx)
+    waveform = build_ecg_waveform(record, PATIENT, ctx.uid)
+    report = build_ecg_report(record, waveform, PATIENT, ctx.uid, ctx.site.site_id)
     assert report is not None
     return waveform, report
 

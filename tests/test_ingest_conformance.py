@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from cohort.ingest.conformance import find_truncation, missing_attributes
+from cohort.dicom.conformance import find_truncation, missing_attributes
 from cohort.ingest.pipeline import IngestRun
 from cohort.ingest.registry import default_converters
 from cohort.ingest.report import IngestReport

@@ -13,12 +13,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from cohort.dicom import codes
+from cohort.dicom.clinical_sr import ProcedureEntry, fit_lo
 from cohort.dicom.patient import pseudonym
-from cohort.dicom.tables_sr import ProcedureEntry, fit_lo
 from cohort.dicom.validate import dciodvfy, dsrdump, sr_validator
 from cohort.errors import InputError
 from cohort.ingest.base import InputHead
-from cohort.ingest.converters.tables import (
+from cohort.ingest.converters.clinical_csv import (
     IdMappingConverter,
     ProceduresConverter,
     RegistryConverter,
@@ -26,7 +26,7 @@ from cohort.ingest.converters.tables import (
     label_of,
     normalise_ops,
 )
-from cohort.ingest.tables import RowError, parse_number, read_id_mapping, read_table, sniff_table
+from cohort.ingest.csv_reader import RowError, parse_number, read_id_mapping, read_table, sniff_table
 from cohort.siteconfig import SiteConfig, TableFormat
 from cohort.synth.model import SyntheticPatient, generate_site
 from cohort.synth.profiles import PROFILES, SiteProfile

@@ -15,13 +15,17 @@ from cohort.errors import SpecError
 from cohort.spec.model import CohortSpec
 
 
-def _spec(spec: Path | None, text: str | None) -> CohortSpec:
+def _spec(store: Path | None, spec: Path | None, text: str | None) -> CohortSpec:
+    """The spec, checked against the store's own field catalog (its template configs included); without a
+    store (an OpenSearch index queried from elsewhere), against the built-in and installed configs."""
+    from cohort.index.catalog import field_catalog, store_catalog
     from cohort.spec.load import load_spec
     from cohort.spec.text import parse_text
 
     if (spec is None) == (text is None):
         raise SpecError("give exactly one of --spec FILE.yaml or --text \"...\"")
-    return load_spec(spec) if spec is not None else parse_text(str(text))
+    catalog = store_catalog(store) if store is not None else field_catalog()
+    return load_spec(spec, catalog=catalog) if spec is not None else parse_text(str(text), catalog=catalog)
 
 
 def _fmt(v: object) -> str:
@@ -39,7 +43,7 @@ def query(
     from cohort.index.compile_duck import evaluate
     from cohort.index.duck import DuckIndex
 
-    the_spec = _spec(spec, text)
+    the_spec = _spec(store, spec, text)
     with DuckIndex.for_store(store, read_only=True) as index:
         counts = evaluate(index, the_spec)
     if json_out:
@@ -79,7 +83,7 @@ def export(
             cb(selecting, 1, 1)  # the first export step means the selection is done
             cb(description, done, total)
 
-        result = export_cohort(store, _spec(spec, text), out, subset=subset, progress=step)
+        result = export_cohort(store, _spec(store, spec, text), out, subset=subset, progress=step)
     console.print(f"exported {result.patients} patients ({result.with_ct} with CT, {result.with_ecg} with ECG) "
                   f"to {result.out}; cohort hash {result.cohort_hash}")
 
@@ -90,7 +94,7 @@ def reindex(store: Annotated[Path, typer.Option(help="store folder")],
                                                       "one (stores ingested before derivation existed)")] = False,
             ) -> None:
     """Rebuild the SR items of the index after template extraction configs changed."""
-    from cohort.index.duck import reindex as do_reindex
+    from cohort.index.publish import reindex as do_reindex
 
     if derive:
         from cohort.index.publish import update_index
@@ -114,12 +118,13 @@ def reindex(store: Annotated[Path, typer.Option(help="store folder")],
 
 @app.command()
 def fields(
-    store: Annotated[Path | None, typer.Option(help="store folder (for --unindexed)")] = None,
+    store: Annotated[Path | None, typer.Option(help="store folder (its own template configs; needed for "
+                                                    "--unindexed)")] = None,
     unindexed: Annotated[bool, typer.Option(help="list SR concept paths no template config names")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """List the fields a spec may use, or (--unindexed) stored SR content no config indexes yet."""
-    from cohort.index.catalog import field_catalog
+    from cohort.index.catalog import field_catalog, store_catalog
     from cohort.index.duck import unindexed_items
 
     if unindexed:
@@ -136,7 +141,7 @@ def fields(
             t.add_row(_fmt(r.template), r.concept_path, r.value_type, str(r.count))
         console.print(t)
         return
-    catalog = field_catalog()
+    catalog = store_catalog(store) if store is not None else field_catalog()
     if json_out:
         print(json.dumps({n: {"type": f.value_type, "unit": f.unit, "kinds": f.kinds, "templates": f.templates,
                               "description": f.description} for n, f in catalog.items()}, indent=2))

@@ -96,11 +96,14 @@ def opensearch_query(url: UrlOpt, spec: Annotated[Path | None, typer.Option(help
                      text: Annotated[str | None, typer.Option(help="cohort spec as a text query")] = None,
                      index_name: IndexOpt = "cohort", user: UserOpt = None,
                      password_env: PasswordEnvOpt = "COHORT_OPENSEARCH_PASSWORD", ca_certs: CaOpt = None,
-                     no_verify: InsecureOpt = False) -> None:
+                     no_verify: InsecureOpt = False,
+                     store: Annotated[Path | None, typer.Option(
+                         help="the store the index was synced from: its template configs define fields")] = None,
+                     ) -> None:
     """Count a cohort on the OpenSearch index (same answer as `cohort query` on DuckDB); prints JSON."""
     from cohort.cli.engine_cmds import _spec
 
-    the_spec = _spec(spec, text)
+    the_spec = _spec(store, spec, text)
     backend = OpenSearchSettings(url, index_name, user, password_env, ca_certs, not no_verify).backend()
     counts = _guard("query", url, lambda: backend.evaluate(the_spec))
     print(json.dumps(counts.to_json(), indent=2))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cohort.dashboard.charts import ChartIndex
+from cohort.index.catalog import store_catalog
 from cohort.index.publish import IndexVersion, SnapshotIndex, index_version
 from cohort.results import CohortCounts
 
@@ -63,13 +64,11 @@ class Snapshot:
         self.users = 0  # requests using this snapshot now (Dashboard counts them)
         self.retired = False
         if self.version is None:
-            from cohort.index.catalog import field_catalog
-
-            self.catalog = field_catalog()
+            self.catalog = store_catalog(store)
             return
         self.index = SnapshotIndex.open(store)
         self.version = index_version(store) if self.index.version != self.version.number else self.version
-        self.catalog = self.index.catalog
+        self.catalog = store_catalog(store)  # the one catalog of this store, as every entry point reads it
         con = self.index.con
         self.present = [(k, t) for k, t in con.execute(
             "SELECT DISTINCT kind, template FROM entities ORDER BY kind, template NULLS FIRST").fetchall()]

@@ -19,6 +19,7 @@ from pydicom.sr.coding import Code
 from pydicom.valuerep import DT, format_number_as_ds
 
 from cohort.dicom.codes import LOCAL_SCHEME, LOCAL_SCHEME_NAME, LOCAL_SCHEME_UID
+from cohort.dicom.vr_text import fit_vr
 
 __all__ = [
     "RelationshipType", "coded_entry", "container", "code", "num", "text", "datetime_item", "date_item",
@@ -115,9 +116,9 @@ def num(name: Code, value: float, unit: Code, *, rel: Rel = RelationshipType.CON
 
 
 def text(name: Code, value: str, *, rel: Rel = RelationshipType.CONTAINS) -> Dataset:
-    """A TEXT item (UT: any length, any characters of the character set)."""
+    """A TEXT item (UT: any length; control characters other than CR, LF, FF become spaces)."""
     item = _item(rel, "TEXT", name)
-    item.TextValue = value
+    item.TextValue = fit_vr(value, "UT")
     return item
 
 

@@ -23,6 +23,12 @@ MEASUREMENT_UNITS: dict[str, str] = {
 }
 # Canonical rhythm / conduction findings; readers map statements onto these where they can.
 FINDINGS = ("sinus_rhythm", "atrial_fibrillation", "lbbb", "rbbb", "first_degree_av_block")
+# Limits every ECG must meet before it becomes DICOM (docs/formats.md, "Limits"). The sampling range is
+# the DICOM ECG IODs' (PS3.3 A.34); the minimum length is the project's: a shorter strip holds no beat
+# a measurement could rest on. 16-bit samples of 12 channels must fit the 32-bit length of WaveformData.
+MIN_SECONDS = 1.0
+SAMPLING_RANGE_HZ = (200.0, 1000.0)
+MAX_SAMPLES = (2**32 - 2) // (2 * len(TWELVE_LEADS))
 
 
 @dataclass
@@ -45,6 +51,13 @@ class EcgRecord:
     device_model: str = ""
     patient_sex: str = ""  # "M" | "F" | ""
     patient_age_years: int | None = None
+    # Microvolts per count of the source (e.g. 0.183 for 183 nV): the DICOM waveform keeps it.
+    amplitude_resolution_uv: float | None = None
+    notes: list[str] = field(default_factory=list)  # what the reader had to assume; ingest-report warnings
+
+    def flat_leads(self) -> list[str]:
+        """Leads whose samples are all zero (an electrode not connected or a lead not recorded)."""
+        return [lead for lead in TWELVE_LEADS if lead in self.leads and not np.any(self.leads[lead])]
 
     def check(self, path: str) -> None:
         """Raise InputError when the record cannot become a valid 12-lead ECG object."""
@@ -59,12 +72,19 @@ class EcgRecord:
         if len(lengths) != 1:
             raise InputError(f"leads have different lengths {sorted(lengths)}", path=path, field="leads")
         n = lengths.pop()
-        if n < self.sampling_frequency or n > 16384:
-            raise InputError(f"{n} samples per lead; expected between 1 s of signal and 16384",
+        low, high = SAMPLING_RANGE_HZ
+        if not low <= self.sampling_frequency <= high:
+            raise InputError(f"sampling frequency {self.sampling_frequency:g} Hz outside {low:g}-{high:g} Hz, the "
+                             "range of the DICOM ECG objects; export the ECG at a rate in that range (500 Hz is "
+                             "usual)", path=path, field="sampling_frequency")
+        if n < MIN_SECONDS * self.sampling_frequency:
+            raise InputError(f"{n} samples per lead are {n / self.sampling_frequency:.3f} s of signal, less than the "
+                             f"minimum of {MIN_SECONDS:g} s; export the complete recording (a resting ECG has 10 s)",
                              path=path, field="leads")
-        if not 200 <= self.sampling_frequency <= 1000:
-            raise InputError(f"sampling frequency {self.sampling_frequency} Hz outside 200-1000 Hz",
-                             path=path, field="sampling_frequency")
+        if n > MAX_SAMPLES:
+            raise InputError(f"{n} samples per lead exceed {MAX_SAMPLES}, the most one DICOM waveform can hold "
+                             "(WaveformData has a 32-bit length); export the recording in parts",
+                             path=path, field="leads")
         unknown = [f for f in self.findings if f not in FINDINGS]
         if unknown:
             raise ValueError(f"reader produced unknown findings {unknown}; valid: {FINDINGS}")

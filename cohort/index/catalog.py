@@ -22,6 +22,9 @@ from cohort.errors import ConfigError, SpecError
 from cohort.index.templates import ValueType, code_key, load_templates
 from cohort.spec.privacy import IDENTIFYING_FIELDS
 
+# Template extraction configs of one store live in STORE/templates (docs/templates.md).
+STORE_TEMPLATE_DIR = "templates"
+
 Source = Literal["entity", "attribute", "item", "segment"]
 IMAGE_KINDS: tuple[str, ...] = ("CT", "MR", "CR", "DX")
 ALL_KINDS: tuple[str, ...] = (*IMAGE_KINDS, "ECG", "SR", "SEG")
@@ -123,6 +126,15 @@ BUILTIN_FIELDS: tuple[FieldInfo, ...] = (
 # One list of identifying names for the whole project (the spec's privacy rules own it): a template
 # config may not define a field of that name, and a spec naming one gets "identifies patients".
 IDENTIFYING_NAMES = IDENTIFYING_FIELDS
+
+
+def store_catalog(store: str | Path) -> dict[str, FieldInfo]:
+    """The one field catalog of a store: built-in, package and environment template configs, and the
+    store's own (``STORE/templates``), as its index extracts them. Every entry point that reads a spec
+    for a store (``cohort query`` and ``export``, the dashboard, the site's answer to a coordinator, the
+    training export) validates with this catalog."""
+    own = Path(store) / STORE_TEMPLATE_DIR
+    return field_catalog([own] if own.is_dir() else [])
 
 
 def field_catalog(extra_dirs: Iterable[str | Path] = ()) -> dict[str, FieldInfo]:

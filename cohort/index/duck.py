@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 
 from cohort.errors import CohortError
-from cohort.index.catalog import FieldInfo, field_catalog
+from cohort.index.catalog import STORE_TEMPLATE_DIR, FieldInfo, field_catalog
 from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows, template_of
 from cohort.index.schema import (
     DERIVED,
@@ -40,7 +40,6 @@ from cohort.index.templates import SR_VALUE_TYPES, TemplateConfig, load_template
 from cohort.processes import worker_context
 
 INDEX_FILE = "index.duckdb"
-STORE_TEMPLATE_DIR = "templates"
 Progress = Callable[[int, int], None]
 _FLUSH_EVERY = 2000  # files per batch: bounds memory while keeping appends large
 _NUMERIC = {"INTEGER", "DOUBLE", "BIGINT"}
@@ -548,18 +547,10 @@ def _queue_entity(batch: _Batch, eid: int, ex: Extracted, path: str) -> None:
     batch.rows["concepts"] += [(eid, *r) for r in ex.concepts]
 
 
-def reindex(store: str | Path, progress: Progress | None = None) -> int:
-    """Rebuild the SR items of ``store``'s index from its files (after template configs changed)."""
-    from cohort.index.publish import update_index  # publish builds on this module
-
-    with update_index(store, publish_unchanged=True) as index:
-        return index.reindex(progress)
-
-
 def unindexed_items(store: str | Path) -> list[UnindexedPath]:
     """SR concept paths present in ``store``'s SRs but named by no template config, with counts."""
     with DuckIndex.for_store(store, read_only=True) as index:
         return index.unindexed_items()
 
 
-__all__ = ["DuckIndex", "AddReport", "UnindexedPath", "reindex", "unindexed_items", "append_rows", "columns"]
+__all__ = ["DuckIndex", "AddReport", "UnindexedPath", "Progress", "unindexed_items", "append_rows", "columns"]

@@ -17,6 +17,9 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from cohort.dicom import codes
+from cohort.dicom.sop_classes import ECG_WAVEFORM_PREFIX as ECG_SOP_CLASS_PREFIX
+from cohort.dicom.sop_classes import SEG_SOP_CLASSES
+from cohort.dicom.sop_classes import SR_PREFIX as SR_SOP_CLASS_PREFIX
 from cohort.index.schema import IMAGE_KINDS
 from cohort.index.templates import (
     SR_VALUE_TYPES,
@@ -28,9 +31,6 @@ from cohort.index.templates import (
 )
 from cohort.spec import units
 
-SEG_SOP_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"})
-ECG_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.9.1."  # 12-lead, general and ambulatory ECG
-SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 YES_CODES = frozenset({code_key(codes.YES.value, codes.YES.scheme_designator), "R-0038D SRT", "Y DCM"})
 NO_CODES = frozenset({code_key(codes.NO.value, codes.NO.scheme_designator), "R-00339 SRT", "N DCM"})
 YES_WORDS = frozenset({"yes", "true", "y", "ja", "j", "1"})

@@ -34,8 +34,8 @@ from typing import Any
 import duckdb
 
 from cohort.errors import CohortError
-from cohort.index.catalog import FieldInfo
-from cohort.index.duck import INDEX_FILE, STORE_TEMPLATE_DIR, DuckIndex
+from cohort.index.catalog import STORE_TEMPLATE_DIR, FieldInfo
+from cohort.index.duck import INDEX_FILE, DuckIndex, Progress
 from cohort.index.schema import TABLES
 
 VERSION_FILE = "index.version"
@@ -217,8 +217,15 @@ class SnapshotIndex(DuckIndex):
         return self._catalog
 
 
+def reindex(store: str | Path, progress: Progress | None = None) -> int:
+    """Rebuild the SR items of ``store``'s index from its files (after template configs changed), published
+    as a new version like any update."""
+    with update_index(store, publish_unchanged=True) as index:
+        return index.reindex(progress)
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-__all__ = ["IndexVersion", "SnapshotIndex", "index_version", "update_index", "VERSION_FILE"]
+__all__ = ["IndexVersion", "SnapshotIndex", "index_version", "reindex", "update_index", "VERSION_FILE"]

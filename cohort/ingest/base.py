@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from cohort.dicom.patient import PatientRef
 from cohort.dicom.uids import derived_uid
 from cohort.siteconfig import IdKind, SiteConfig
+from cohort.store import StoreView
 
 HEAD_BYTES = 8192
 
@@ -78,31 +79,12 @@ class ConversionResult:
     warnings: list[ConversionWarning] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class SeriesInStore:
-    """A series already in the store (used by converters that annotate it)."""
-
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    modality: str
-    files: tuple[Path, ...]
-
-
 class PatientDirectory(ABC):
     """Resolves source identifiers (PACS id, case number) to the site's pseudonymous patients."""
 
     @abstractmethod
     def resolve(self, id_kind: IdKind, value: str, *, path: Path, field: str) -> PatientRef:
         """The patient for ``value``; raises UnknownPatientError naming the file and the field."""
-
-
-class StoreView(ABC):
-    """Read access to what the store holds, for converters that reference stored objects."""
-
-    @abstractmethod
-    def series_of(self, patient_id: str, modality: str) -> list[SeriesInStore]:
-        """Stored series of a patient with that modality, oldest study first."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from cohort.dicom.patient import PatientRef, pseudonym
 from cohort.errors import InputError, UnknownPatientError
 from cohort.ingest.base import PatientDirectory
-from cohort.ingest.tables import read_id_mapping
+from cohort.ingest.csv_reader import read_id_mapping
 from cohort.siteconfig import IdKind, SiteConfig
 
 

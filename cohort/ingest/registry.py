@@ -7,17 +7,17 @@ here. Order matters only where formats overlap (ECG waveforms before generic DIC
 from __future__ import annotations
 
 from cohort.ingest.base import Converter
-from cohort.ingest.converters.dicom_objects import DicomObjectConverter
-from cohort.ingest.converters.ecg import AecgConverter, DicomEcgConverter, MuseConverter, ScpEcgConverter
-from cohort.ingest.converters.free_text import FreeTextConverter
-from cohort.ingest.converters.markups import MarkupsConverter
-from cohort.ingest.converters.nifti_seg import NiftiSegmentationConverter
-from cohort.ingest.converters.tables import (
+from cohort.ingest.converters.clinical_csv import (
     IdMappingConverter,
     ProceduresConverter,
     RegistryConverter,
     UnmappedTableConverter,
 )
+from cohort.ingest.converters.dicom_objects import DicomObjectConverter
+from cohort.ingest.converters.ecg import AecgConverter, DicomEcgConverter, MuseConverter, ScpEcgConverter
+from cohort.ingest.converters.free_text import FreeTextConverter
+from cohort.ingest.converters.markups import MarkupsConverter
+from cohort.ingest.converters.nifti_seg import NiftiSegmentationConverter
 
 CONVERTER_CLASSES: tuple[type[Converter], ...] = (
     DicomEcgConverter,

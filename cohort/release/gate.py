@@ -108,21 +108,13 @@ def checked_spec(site: SiteConfig, spec_json: dict[str, Any]) -> CohortSpec:
     if not isinstance(spec_json, dict):
         raise DisclosureError(f"refused: the spec is a {type(spec_json).__name__}, not a cohort spec object")
     check_fields(spec_fields(spec_json), site.disclosure)
-    catalog = store_catalog(site)
+    from cohort.index.catalog import store_catalog
+
+    catalog = store_catalog(site.store_path())
     spec = parse_spec(spec_json, catalog=catalog)
     check_privacy(spec)
     check_free_text(spec, site.disclosure.free_text_terms, free_text_fields(catalog))
     return spec
-
-
-def store_catalog(site: SiteConfig) -> dict[str, Any]:
-    """The fields of this site's store: built-in, package and environment template configs, and the
-    store's own (``STORE/templates``), as the index extracts them."""
-    from cohort.index.catalog import field_catalog
-    from cohort.index.duck import STORE_TEMPLATE_DIR
-
-    own = site.store_path() / STORE_TEMPLATE_DIR
-    return dict(field_catalog([own] if own.is_dir() else []))
 
 
 def local_counts(site: SiteConfig, spec: CohortSpec) -> CohortCounts:

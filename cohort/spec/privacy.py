@@ -89,13 +89,10 @@ class FreeTextProbeError(IdentifyingRequestError):
     """The spec compares free text with a value the site has not allowed (it could probe for people)."""
 
 
-def free_text_fields(catalog: Mapping[str, Any] | None = None) -> frozenset[str]:
-    """Free-text fields: text content items of SR documents (reports, letters), from ``catalog`` (a store's
-    catalog, with the store's own template configs) or the built-in one."""
-    if catalog is None:
-        from cohort.index.catalog import field_catalog  # lazy: the catalog imports this module
-
-        catalog = field_catalog()
+def free_text_fields(catalog: Mapping[str, Any]) -> frozenset[str]:
+    """Free-text fields: text content items of SR documents (reports, letters) in ``catalog``, the store's
+    catalog (``cohort.index.catalog.store_catalog``), so a text field of the store's own template configs
+    is free text too."""
     return frozenset(name for name, f in catalog.items()
                      if getattr(f, "value_type", None) == "text" and getattr(f, "source", None) == "item")
 
@@ -105,12 +102,12 @@ def _values(value: object) -> list[object]:
 
 
 def free_text_probes(spec: CohortSpec, allowed_terms: list[str],
-                     text_fields: frozenset[str] | None = None) -> list[FreeTextProbeError]:
+                     text_fields: frozenset[str]) -> list[FreeTextProbeError]:
     """Every comparison of a free-text field with a value outside ``allowed_terms`` (``exists`` is fine).
 
     The value itself is never repeated in the message: it may be a name.
     """
-    fields = free_text_fields() if text_fields is None else text_fields
+    fields = text_fields
     allowed = {t.casefold() for t in allowed_terms}
     shown = f"{len(allowed)} terms" if allowed else "no terms"
     found: list[FreeTextProbeError] = []
@@ -132,7 +129,7 @@ def free_text_probes(spec: CohortSpec, allowed_terms: list[str],
     return found
 
 
-def check_free_text(spec: CohortSpec, allowed_terms: list[str], text_fields: frozenset[str] | None = None) -> None:
+def check_free_text(spec: CohortSpec, allowed_terms: list[str], text_fields: frozenset[str]) -> None:
     """Raise FreeTextProbeError for the first free-text comparison the site policy does not allow."""
     found = free_text_probes(spec, allowed_terms, text_fields)
     if found:

@@ -20,14 +20,11 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from cohort.dicom import codes
+from cohort.dicom.conformance import find_truncation
+from cohort.dicom.sop_classes import RESTING_ECG_SOP_CLASSES, TWELVE_LEAD_ECG_STORAGE
 from cohort.ecg.readers import findings_from_statements, read_input_bytes
 from cohort.ecg.record import EcgRecord, derive_limb_leads
 from cohort.errors import InputError
-from cohort.ingest.conformance import find_truncation
-
-TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
-GENERAL_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.2"
-ECG_SOP_CLASSES = (TWELVE_LEAD_ECG_STORAGE, GENERAL_ECG_STORAGE)
 
 LEADS_BY_CODE: dict[tuple[str, str], str] = {
     **{("MDC", v): lead for lead, v in codes.LEAD_CODES_MDC.items()},
@@ -112,7 +109,7 @@ def _acquired(ds: Dataset) -> datetime:
 def record_from_dataset(ds: Dataset, path: Path) -> EcgRecord:
     """The ECG record of an already read DICOM ECG waveform dataset."""
     path = Path(path)
-    if str(ds.get("SOPClassUID", "")) not in ECG_SOP_CLASSES:
+    if str(ds.get("SOPClassUID", "")) not in RESTING_ECG_SOP_CLASSES:
         raise InputError(f"SOP class {ds.get('SOPClassUID', '(none)')} is not a resting ECG waveform; expected "
                          f"12-Lead ({TWELVE_LEAD_ECG_STORAGE}) or General ECG", path=str(path), field="SOPClassUID")
     patient_id = str(ds.get("PatientID", "") or "").strip()

@@ -132,6 +132,11 @@ def _checked_table(table: int, codes: list[HuffmanCode]) -> HuffmanTable:
 
 def decode_lead(data: bytes, n_samples: int, table: HuffmanTable) -> np.ndarray:
     """Decode ``n_samples`` values (before undoing differences) from one lead's bitstream."""
+    return decode_lead_to(data, n_samples, table)[0]
+
+
+def decode_lead_to(data: bytes, n_samples: int, table: HuffmanTable) -> tuple[np.ndarray, int]:
+    """``decode_lead``, plus the number of bits the samples took (the rest is padding or more samples)."""
     lookup, lengths = table.lookup, table.prefix_lengths
     if n_samples > 8 * len(data) // lengths[0]:  # also keeps a hostile sample count from allocating memory
         raise HuffmanError(f"{len(data)} bytes of data cannot hold {n_samples} samples (the shortest code has "
@@ -158,7 +163,7 @@ def decode_lead(data: bytes, n_samples: int, table: HuffmanTable) -> np.ndarray:
             pos += code.extra_bits
         else:
             out[k] = code.value
-    return out
+    return out, pos
 
 
 def _ended(k: int, n_samples: int, n_bytes: int) -> str:

@@ -25,6 +25,7 @@ from cohort.ecg.readers.scp_huffman import (
     HuffmanTable,
     HuffmanUnsupportedError,
     decode_lead,
+    decode_lead_to,
     parse_section2,
     undo_differences,
 )
@@ -36,6 +37,7 @@ MISSING_VALUES = {29999, 29998, 19999}  # "not computed", "rejected lead", "wave
 UNDEFINED_AXIS = 999
 _RECORD_HEADER = 6
 _SECTION_HEADER = 16
+_CAPPED_COUNT = 0xFFFE  # the largest even 16-bit byte count: writers that cap lead sizes write it
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,61 @@ def _huffman_table(path: Path, sections: dict[int, _Section]) -> HuffmanTable | 
     return tables[0] if tables else None  # 0 tables: data stored as plain 16-bit samples
 
 
-def _leads(path: Path, sections: dict[int, _Section]) -> tuple[dict[str, np.ndarray], float]:
+def _lead_lengths(path: Path, defs: list[tuple[int, int, int]], counts: list[int], stored: int,
+                  huffman: bool) -> tuple[list[int], list[str]]:
+    """Samples to read per lead, and notes on what had to be assumed.
+
+    Section 3 numbers samples from 1; some writers number from 0 and give the count as the last
+    number. Some cap the 16-bit byte count of section 6 below what section 3 declares. Both are
+    accepted where the stored bytes say unambiguously how many samples there are.
+    """
+    declared = [end - start + 1 for start, end, _ in defs]
+    if huffman:  # compressed sizes say nothing about the sample count: decoding checks it (_decode)
+        return declared, []
+    if counts == [2 * d for d in declared]:
+        return declared, []
+    if all(start == 0 for start, _, _ in defs) and counts == [2 * (d - 1) for d in declared]:
+        return [d - 1 for d in declared], [
+            "section 3 numbers samples from 0, not 1 as EN 1064 does; the stored samples match that numbering"]
+    if stored == sum(2 * d for d in declared) and all(c < 2 * d for c, d in zip(counts, declared, strict=True)):
+        # The byte counts are smaller than the data that follows them: the data is complete, the counts capped.
+        return declared, [f"section 6 byte counts ({min(counts)}) are smaller than the {2 * declared[0]} bytes "
+                          "each lead's samples take and than the data stored; read the samples section 3 declares"]
+    if stored == sum(counts) and all(c <= 2 * d and c % 2 == 0 for c, d in zip(counts, declared, strict=True)):
+        held = {c // 2 for c in counts}
+        if len(held) == 1:
+            return [held.pop()] * len(defs), []
+        raise InputError(f"the leads hold different numbers of samples ({sorted(held)}) although section 3 "
+                         f"declares {declared[0]} each; the file is damaged: re-export it", path=str(path),
+                         field="section 6 lead data")
+    first = next(k for k, (c, d) in enumerate(zip(counts, declared, strict=True)) if c != 2 * d)
+    start, end, lead_id = defs[first]
+    raise InputError(f"{_lead_name(lead_id)}: {counts[first]} bytes of data for {declared[first]} samples (section 3 "
+                     f"numbers them {start} to {end}); uncompressed data has 2 bytes per sample and section 6 "
+                     f"holds {stored} bytes of lead data, which fits neither; re-export the ECG",
+                     path=str(path), field="section 6 lead data")
+
+
+def _decode(raw: bytes, n_samples: int, table: HuffmanTable, *, zero_based: bool, notes: list[str]) -> np.ndarray:
+    """One lead's Huffman data; with samples numbered from 0, the last number may be the count instead.
+
+    That reading is taken when the bits after one sample fewer are only the zero padding of the lead's
+    last 16-bit word: then the declared last sample is not in the data.
+    """
+    if zero_based and n_samples > 1:
+        values, used = decode_lead_to(raw, n_samples - 1, table)
+        rest = "".join(f"{byte:08b}" for byte in raw)[used:]
+        if len(rest) < 16 and "1" not in rest:
+            note = ("section 3 numbers samples from 0, not 1 as EN 1064 does; the stored samples match that "
+                    "numbering")
+            if note not in notes:
+                notes.append(note)
+            return values
+    return decode_lead(raw, n_samples, table)
+
+
+def _leads(path: Path, sections: dict[int, _Section]) -> tuple[dict[str, np.ndarray], float, float, list[str]]:
+    """Leads in microvolts, sampling frequency, microvolts per count, and notes for the ingest report."""
     r3 = _Reader(path, sections[3])
     n_leads, flags = r3.take("<BB", "the number of leads")
     if flags & 0x01:
@@ -194,6 +250,9 @@ def _leads(path: Path, sections: dict[int, _Section]) -> tuple[dict[str, np.ndar
     avm_nv, interval_us, diff, bimodal = r6.take("<HHBB", "the rhythm data header")
     if interval_us == 0:
         raise InputError("sample time interval is 0", path=str(path), field="section 6 sample time interval")
+    if avm_nv == 0:
+        raise InputError("amplitude value multiplier is 0 nV, so every sample would be 0; the file is damaged: "
+                         "re-export it", path=str(path), field="section 6 amplitude value multiplier")
     if bimodal:
         raise InputError(f"bimodal compression is used (value {bimodal}: samples outside the protected QRS zones "
                          "are decimated), which this reader does not reconstruct; export the ECG without "
@@ -201,31 +260,40 @@ def _leads(path: Path, sections: dict[int, _Section]) -> tuple[dict[str, np.ndar
     if diff not in (0, 1, 2):
         raise InputError(f"difference data used is {diff}; EN 1064 defines 0 (none), 1 (first) and 2 (second "
                          "differences)", path=str(path), field="section 6 difference data used")
+    fs = 1e6 / interval_us
     table = _huffman_table(path, sections)
     counts = [r6.take("<H", f"the byte count of {_lead_name(d[2])}")[0] for d in defs]
+    stored = r6.remaining()
+    lengths, notes = _lead_lengths(path, defs, counts, stored, table is not None)
+    declared = defs[0][1] - defs[0][0] + 1 if defs else 0
+    if defs and table is None and lengths[0] < declared and sum(counts) == stored:
+        # Convert what is stored, and say how much of the recording is not.
+        notes.append(f"section 6 holds {lengths[0]} of the {declared} samples per lead that section 3 declares "
+                     f"(byte count {counts[0]}, probably capped by the writer): the last "
+                     f"{(declared - lengths[0]) / fs:.3f} s of the recording are missing; converted the first "
+                     f"{lengths[0] / fs:.3f} s")
     leads: dict[str, np.ndarray] = {}
-    for (start, end, lead_id), nbytes in zip(defs, counts, strict=True):
+    for (_start, _end, lead_id), nbytes, n_samples in zip(defs, counts, lengths, strict=True):
         where = f"section 6 lead {LEAD_NAMES.get(lead_id, lead_id)}"
+        if table is None:
+            nbytes = 2 * n_samples if 2 * n_samples <= r6.remaining() else nbytes
         if nbytes > r6.remaining():
             raise InputError(f"{_lead_name(lead_id)} has {nbytes} bytes of data but only {r6.remaining()} remain "
                              "in section 6; the file is damaged: re-export it", path=str(path), field=where)
         (raw,) = r6.take(f"<{nbytes}s", f"the samples of {_lead_name(lead_id)}")
-        n_samples = end - start + 1
         if table is None:
-            if nbytes != 2 * n_samples:
-                raise InputError(f"{_lead_name(lead_id)}: {nbytes} bytes of data for {n_samples} samples; "
-                                 "uncompressed data has 2 bytes per sample (Huffman-coded data needs section 2)",
-                                 path=str(path), field="section 6 lead data")
-            values = np.frombuffer(raw, dtype="<i2").astype(np.int64)
+            values = np.frombuffer(raw[:2 * n_samples], dtype="<i2").astype(np.int64)
         else:
             try:
-                values = decode_lead(raw, n_samples, table)
+                values = _decode(raw, n_samples, table, zero_based=_start == 0, notes=notes)
             except HuffmanError as exc:
-                raise InputError(f"{_lead_name(lead_id)}: {exc}; the file is damaged: re-export it",
-                                 path=str(path), field=where) from None
+                capped = " (byte count capped by the writer?)" if nbytes >= _CAPPED_COUNT else ""
+                raise InputError(f"{_lead_name(lead_id)}: {exc}{capped}; Huffman-coded data cannot be cut at a "
+                                 "sample boundary, so the lead is not converted in part: re-export it, or export "
+                                 "it uncompressed", path=str(path), field=where) from None
         if lead_id in LEAD_NAMES:
             leads[LEAD_NAMES[lead_id]] = undo_differences(values, diff).astype(np.float64) * (avm_nv / 1000.0)
-    return leads, 1e6 / interval_us
+    return leads, fs, avm_nv / 1000.0, notes
 
 
 def _value(v: int) -> float | None:
@@ -281,11 +349,8 @@ def read_scpecg(path: Path) -> EcgRecord:
             raise InputError(f"section {sid} ({what}) is missing; a resting ECG export needs it",
                              path=str(path), field=f"section {sid}")
     tags = _tags(path, sections[1])
-    patient_id = _string(tags.get(2, b""))
-    if not patient_id:
-        raise InputError("no patient identifier (tag 2); export the ECG with the patient id filled in",
-                         path=str(path), field="section 1 tag 2")
-    leads, fs = _leads(path, sections)
+    patient_id = _string(tags.get(2, b""))  # may be empty: the converter maps it by site.yaml or refuses
+    leads, fs, step_uv, notes = _leads(path, sections)
     if {"I", "II"} <= leads.keys():
         leads = derive_limb_leads(leads)
     measurements = _measurements(path, sections[7]) if 7 in sections else {}
@@ -300,5 +365,5 @@ def read_scpecg(path: Path) -> EcgRecord:
         source_format="scp-ecg", patient_source_id=patient_id, acquired=_acquired(path, tags),
         sampling_frequency=fs, leads=leads, measurements=measurements,
         findings=findings_from_statements(statements), statements=statements, manufacturer=maker,
-        device_model=model, patient_sex=sex, patient_age_years=age,
+        device_model=model, patient_sex=sex, patient_age_years=age, amplitude_resolution_uv=step_uv, notes=notes,
     )

@@ -36,7 +36,16 @@ from pydicom.uid import (
     MediaStorageDirectoryStorage,
 )
 
+from cohort.dicom.conformance import (
+    PIXEL_DATA_KEYWORDS,
+    decode_all,
+    find_truncation,
+    is_image_sop_class,
+    missing_attributes,
+    sop_class_name,
+)
 from cohort.dicom.patient import IDENTIFYING_ATTRIBUTES, apply_patient
+from cohort.dicom.sop_classes import RESTING_ECG_SOP_CLASSES
 from cohort.errors import InputError
 from cohort.ingest.base import (
     STAGE_IMAGES,
@@ -46,23 +55,10 @@ from cohort.ingest.base import (
     IngestContext,
     InputHead,
 )
-from cohort.ingest.conformance import (
-    PIXEL_DATA_KEYWORDS,
-    decode_all,
-    find_truncation,
-    is_image_sop_class,
-    missing_attributes,
-    sop_class_name,
-)
 from cohort.siteconfig import SiteConfig, Strictness
 
-__all__ = ["DicomObjectConverter", "ECG_WAVEFORM_SOP_CLASSES", "REQUIRED_IDENTIFIERS", "check_conformance",
-           "read_dicom"]
+__all__ = ["DicomObjectConverter", "REQUIRED_IDENTIFIERS", "check_conformance", "read_dicom"]
 
-ECG_WAVEFORM_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.9.1.1",  # 12-Lead ECG Waveform Storage
-    "1.2.840.10008.5.1.4.1.1.9.1.2",  # General ECG Waveform Storage
-})
 REQUIRED_IDENTIFIERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
                         "SOPClassUID", "Modality")
 _TAGS = {"PatientID": "(0010,0020)", "StudyInstanceUID": "(0020,000D)", "SeriesInstanceUID": "(0020,000E)",
@@ -237,7 +233,7 @@ class DicomObjectConverter(Converter):
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:
         is_dicom, sop_class = sop_class_in_head(head.data)
-        return is_dicom and sop_class not in ECG_WAVEFORM_SOP_CLASSES
+        return is_dicom and sop_class not in RESTING_ECG_SOP_CLASSES
 
     def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
         ds = read_dicom(path)
@@ -248,7 +244,7 @@ class DicomObjectConverter(Converter):
         _check_identifiers(ds, path)
         _check_pixel_data(ds, path)
         found = check_conformance(ds, path, ctx.site.strictness)
-        if str(ds.SOPClassUID) in ECG_WAVEFORM_SOP_CLASSES:
+        if str(ds.SOPClassUID) in RESTING_ECG_SOP_CLASSES:
             raise InputError("ECG waveform objects are converted by the DICOM ECG converter, which did not "
                              "recognise this file; check that it has a valid file meta group",
                              path=str(path), field="SOPClassUID")

@@ -7,6 +7,7 @@ are (only the patient module is replaced), so their UIDs and any references to t
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -14,16 +15,24 @@ from typing import ClassVar
 
 from pydicom.dataset import Dataset
 
-from cohort.dicom.ecg_report import build_ecg_report
-from cohort.dicom.ecg_waveform import build_ecg_waveform
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.dicom.sop_classes import RESTING_ECG_SOP_CLASSES
+from cohort.ecg.dicom_report import build_ecg_report
+from cohort.ecg.dicom_waveform import build_ecg_waveform
 from cohort.ecg.readers.aecg import read_aecg
-from cohort.ecg.readers.dicom_ecg import ECG_SOP_CLASSES, record_from_dataset
+from cohort.ecg.readers.dicom_ecg import record_from_dataset
 from cohort.ecg.readers.muse import read_muse
 from cohort.ecg.readers.scpecg import read_scpecg
 from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
-from cohort.ingest.base import STAGE_WAVEFORMS, ConversionResult, Converter, IngestContext, InputHead
+from cohort.ingest.base import (
+    STAGE_WAVEFORMS,
+    ConversionResult,
+    ConversionWarning,
+    Converter,
+    IngestContext,
+    InputHead,
+)
 from cohort.ingest.converters.dicom_objects import (  # bare data sets too
     check_conformance,
     read_dicom,
@@ -36,7 +45,7 @@ __all__ = ["AecgConverter", "DicomEcgConverter", "MuseConverter", "ScpEcgConvert
 
 
 def _datasets(record: EcgRecord, waveform: Dataset, patient: PatientRef, ctx: IngestContext) -> ConversionResult:
-    report = build_ecg_report(record, waveform, patient, ctx)
+    report = build_ecg_report(record, waveform, patient, ctx.uid, ctx.site.site_id)
     return ConversionResult(datasets=[waveform] + ([report] if report is not None else []))
 
 
@@ -57,12 +66,46 @@ class _SourceEcgConverter(Converter):
         record = type(self).reader(path)
         record.check(str(path))
         id_kind: IdKind = ctx.site.ecg.id_kind
-        patient = ctx.patients.resolve(id_kind, record.patient_source_id, path=path, field=self.id_field)
+        source_id, field = self._patient_id(record, path, ctx)
+        patient = ctx.patients.resolve(id_kind, source_id, path=path, field=field)
         try:
-            waveform = build_ecg_waveform(record, patient, ctx)
-            return _datasets(record, waveform, patient, ctx)
+            waveform = build_ecg_waveform(record, patient, ctx.uid)
+            result = _datasets(record, waveform, patient, ctx)
         except InputError as exc:
             raise _with_path(exc, path) from None
+        result.warnings.extend(record_warnings(record, waveform))
+        return result
+
+    def _patient_id(self, record: EcgRecord, path: Path, ctx: IngestContext) -> tuple[str, str]:
+        """The file's patient identifier, else the one ``ecg.patient_id_from_path`` finds in its path."""
+        if record.patient_source_id:
+            return record.patient_source_id, self.id_field
+        rule = ctx.site.ecg.patient_id_from_path
+        try:
+            relative = path.resolve().relative_to(ctx.raw_dir.resolve()).as_posix()
+        except ValueError:
+            relative = path.as_posix()
+        if rule is None:
+            raise InputError("no patient identifier in the file; export the ECG with the patient id filled in, or "
+                             "set ecg.patient_id_from_path in site.yaml to a regular expression whose group 'id' "
+                             f"finds it in the file's path (here {relative!r})", path=str(path), field=self.id_field)
+        found = re.search(rule, relative)
+        if found is None or not found.group("id"):
+            raise InputError(f"no patient identifier in the file, and ecg.patient_id_from_path {rule!r} of site.yaml "
+                             f"does not match its path {relative!r}; fix the expression or the folder layout",
+                             path=str(path), field="ecg.patient_id_from_path")
+        return found.group("id"), "ecg.patient_id_from_path"
+
+
+def record_warnings(record: EcgRecord, waveform: Dataset) -> list[ConversionWarning]:
+    """What the ingest report must say about a converted ECG: the reader's assumptions and flat leads."""
+    sop_uid = str(waveform.SOPInstanceUID)
+    out = [ConversionWarning(note, sop_uid) for note in record.notes]
+    flat = record.flat_leads()
+    if flat:
+        out.append(ConversionWarning(f"leads {', '.join(flat)} are all zero (electrode not connected or lead not "
+                                     "recorded); stored with Channel Status DISCONNECTED", sop_uid))
+    return out
 
 
 class AecgConverter(_SourceEcgConverter):
@@ -127,7 +170,7 @@ class DicomEcgConverter(Converter):
 
     def sniff(self, head: InputHead, site: SiteConfig) -> bool:
         is_dicom, sop_class = sop_class_in_head(head.data)
-        return is_dicom and sop_class in ECG_SOP_CLASSES
+        return is_dicom and sop_class in RESTING_ECG_SOP_CLASSES
 
     def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
         ds = read_dicom(path)

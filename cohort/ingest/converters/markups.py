@@ -35,9 +35,9 @@ from cohort.ingest.base import (
     IngestContext,
     InputHead,
     RejectedPart,
-    SeriesInStore,
 )
 from cohort.siteconfig import SiteConfig
+from cohort.store import SeriesInStore
 
 __all__ = ["MarkupsConverter", "Landmark", "CtVolume", "classify_label", "LANDMARK_CONCEPTS"]
 

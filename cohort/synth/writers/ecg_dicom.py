@@ -17,9 +17,9 @@ from pydicom.sr.coding import Code
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from cohort.dicom import codes
-from cohort.dicom.ecg_report import MEASUREMENT_CODES
-from cohort.dicom.ecg_waveform import TWELVE_LEAD_ECG_STORAGE
+from cohort.dicom.sop_classes import TWELVE_LEAD_ECG_STORAGE
 from cohort.dicom.uids import derived_uid
+from cohort.ecg.dicom_report import MEASUREMENT_CODES
 from cohort.synth.model import SyntheticPatient
 from cohort.synth.profiles import SiteProfile
 from cohort.synth.writers.ecg import EcgExport, prepare_export, quantize

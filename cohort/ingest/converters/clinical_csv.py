@@ -32,9 +32,7 @@ from typing import ClassVar
 
 from pydicom.dataset import Dataset
 
-from cohort.dicom.codes import NYHA_CLASSES
-from cohort.dicom.patient import PatientRef
-from cohort.dicom.tables_sr import (
+from cohort.dicom.clinical_sr import (
     ACCESS_ROUTE_CODES,
     DIABETES_TREATMENT_CODES,
     PROSTHESIS_TYPE_CODES,
@@ -47,6 +45,8 @@ from cohort.dicom.tables_sr import (
     registry_tree,
     sr_document,
 )
+from cohort.dicom.codes import NYHA_CLASSES
+from cohort.dicom.patient import PatientRef
 from cohort.errors import InputError
 from cohort.ingest.base import (
     HEAD_BYTES,
@@ -57,7 +57,7 @@ from cohort.ingest.base import (
     InputHead,
     RejectedPart,
 )
-from cohort.ingest.tables import (
+from cohort.ingest.csv_reader import (
     RowError,
     Table,
     TableRow,

@@ -2,68 +2,53 @@
 
 One multiplex group holds the twelve leads in ``TWELVE_LEADS`` order as interleaved 16-bit signed
 samples; waveform_array() on the result gives back the record's microvolts within half a
-quantization step. Dates and UIDs come from the record and the ingest context only, so the same
+quantization step. Dates and UIDs come from the record and the ``uid`` callable only, so the same
 input always yields a byte-identical object.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import format_number_as_ds
 
 from cohort.dicom.codes import LEAD_CODES_MDC, LEAD_MEANINGS_MDC, MICROVOLT, TWELVE_LEADS
+from cohort.dicom.part10 import file_meta_for, format_da, format_dt, format_tm
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.dicom.sop_classes import GENERAL_ECG_STORAGE, TWELVE_LEAD_ECG_STORAGE
 from cohort.dicom.sr_items import coded_entry
+from cohort.dicom.vr_text import fit_vr
 from cohort.ecg.record import EcgRecord
 from cohort.errors import InputError
-from cohort.ingest.base import IngestContext
 
 __all__ = [
-    "TWELVE_LEAD_ECG_STORAGE", "build_ecg_waveform", "quantization_step", "file_meta_for", "format_da",
-    "format_tm", "format_dt",
+    "TWELVE_LEAD_MAX_SAMPLES", "build_ecg_waveform", "quantization_step",
 ]
 
-TWELVE_LEAD_ECG_STORAGE = "1.2.840.10008.5.1.4.1.1.9.1.1"
+# The 12-Lead ECG IOD limits Number of Waveform Samples to 16384 (PS3.3 A.34.3.4); longer recordings
+# (e.g. a 60 s rhythm strip) become General ECG Waveform Storage, which has the same modules and no
+# such limit, so nothing is cut.
+TWELVE_LEAD_MAX_SAMPLES = 16384
 _INT16_MAX = 32767  # -32768 stays unused so the range is symmetric
 # 1 uV per bit is finer than any ECG front end records (MUSE 4.88, SCP-ECG 5, DICOM 1.25-5 uV).
 _BASE_STEP_UV = 1.0
 
 
-def quantization_step(leads: dict[str, np.ndarray]) -> float:
-    """Microvolts per bit: 1 uV, doubled until the largest amplitude fits in 16 bits."""
+def quantization_step(leads: dict[str, np.ndarray], source_step_uv: float | None = None) -> float:
+    """Microvolts per bit: 1 uV (or the source's finer step), doubled until the largest amplitude fits in 16 bits.
+
+    A source that counts in less than 1 uV (e.g. 183 nV) keeps its own step, so its integers survive.
+    """
     peak = max(float(np.max(np.abs(v))) for v in leads.values()) if leads else 0.0
     step = _BASE_STEP_UV
+    if source_step_uv is not None and 0 < source_step_uv < _BASE_STEP_UV:
+        step = source_step_uv
     while peak / step > _INT16_MAX:
         step *= 2.0
     return step
-
-
-def file_meta_for(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:
-    """Part 10 file meta for an object written in Explicit VR Little Endian."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return meta
-
-
-def format_da(dt: datetime) -> str:
-    """DICOM DA of ``dt``'s clock date (any time zone is ignored: sources give local time)."""
-    return dt.strftime("%Y%m%d")
-
-
-def format_tm(dt: datetime) -> str:
-    """DICOM TM, with microseconds only when there are any."""
-    return dt.strftime("%H%M%S") + (f".{dt.microsecond:06d}" if dt.microsecond else "")
-
-
-def format_dt(dt: datetime) -> str:
-    """DICOM DT without offset, consistent with ``format_da`` and ``format_tm``."""
-    return format_da(dt) + format_tm(dt)
 
 
 def _age_string(years: int) -> str:
@@ -72,12 +57,15 @@ def _age_string(years: int) -> str:
     return f"{years:03d}Y"
 
 
-def _channel(lead: str, step_uv: float) -> Dataset:
+def _channel(lead: str, step_uv: float, flat: bool) -> Dataset:
     ch = Dataset()
     ch.ChannelLabel = lead
+    if flat:
+        # Channel Status (type 3): every sample of the source lead is 0, so no electrode signal was recorded.
+        ch.ChannelStatus = "DISCONNECTED"
     source = coded_entry(_lead_code(lead))
     ch.ChannelSourceSequence = [source]
-    ch.ChannelSensitivity = f"{step_uv:g}"
+    ch.ChannelSensitivity = format_number_as_ds(step_uv) if step_uv < _BASE_STEP_UV else f"{step_uv:g}"
     ch.ChannelSensitivityUnitsSequence = [coded_entry(MICROVOLT)]
     ch.ChannelSensitivityCorrectionFactor = "1"  # the step above is already the true scale
     ch.ChannelBaseline = "0"  # the record's microvolts are baseline-free
@@ -96,7 +84,7 @@ def _waveform_group(record: EcgRecord) -> Dataset:
     leads = {lead: np.asarray(record.leads[lead], dtype=np.float64) for lead in TWELVE_LEADS}
     if not all(np.all(np.isfinite(v)) for v in leads.values()):
         raise InputError("ECG samples contain NaN or infinite values", field="leads")
-    step = quantization_step(leads)
+    step = quantization_step(leads, record.amplitude_resolution_uv)
     samples = np.stack([leads[lead] for lead in TWELVE_LEADS], axis=1)  # (n, channels): interleaved
     raw = np.clip(np.rint(samples / step), -_INT16_MAX, _INT16_MAX).astype("<i2")
 
@@ -107,15 +95,18 @@ def _waveform_group(record: EcgRecord) -> Dataset:
     group.NumberOfWaveformSamples = int(raw.shape[0])
     group.SamplingFrequency = f"{record.sampling_frequency:g}"
     group.MultiplexGroupLabel = "RHYTHM"
-    group.ChannelDefinitionSequence = [_channel(lead, step) for lead in TWELVE_LEADS]
+    flat = set(record.flat_leads())
+    group.ChannelDefinitionSequence = [_channel(lead, step, lead in flat) for lead in TWELVE_LEADS]
     group.WaveformBitsAllocated = 16
     group.WaveformSampleInterpretation = "SS"
     group.WaveformData = raw.tobytes()
     return group
 
 
-def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContext) -> Dataset:
+def build_ecg_waveform(record: EcgRecord, patient: PatientRef, uid: Callable[[str], str]) -> Dataset:
     """The 12-Lead ECG Waveform Storage object for ``record`` (with Part 10 file meta).
+
+    ``uid(role)`` mints the object's UIDs (the ingest context's ``uid``: the same input, the same UIDs).
 
     Raises InputError when the record has no usable twelve leads (see ``EcgRecord.check``).
     """
@@ -123,13 +114,15 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     if missing:
         raise InputError(f"ECG lacks leads {missing}; derive limb leads before building DICOM", field="leads")
     acquired = record.acquired
-    sop_uid = ctx.uid("ecg-waveform")
+    sop_uid = uid("ecg-waveform")
+    n_samples = len(record.leads[TWELVE_LEADS[0]])
+    sop_class = TWELVE_LEAD_ECG_STORAGE if n_samples <= TWELVE_LEAD_MAX_SAMPLES else GENERAL_ECG_STORAGE
 
     ds = Dataset()
-    ds.file_meta = file_meta_for(TWELVE_LEAD_ECG_STORAGE, sop_uid)
+    ds.file_meta = file_meta_for(sop_class, sop_uid)
     # SOP Common
     ds.SpecificCharacterSet = "ISO_IR 192"  # manufacturer strings may hold non-ASCII characters
-    ds.SOPClassUID = TWELVE_LEAD_ECG_STORAGE
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
     ds.InstanceCreationDate = format_da(acquired)  # no wall clock: the object must be reproducible
     ds.InstanceCreationTime = format_tm(acquired)
@@ -139,7 +132,7 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     if record.patient_age_years is not None:
         ds.PatientAge = _age_string(record.patient_age_years)
     # General Study
-    ds.StudyInstanceUID = ctx.uid("ecg-study")
+    ds.StudyInstanceUID = uid("ecg-study")
     ds.StudyDate = format_da(acquired)
     ds.StudyTime = format_tm(acquired)
     ds.ReferringPhysicianName = ""
@@ -148,15 +141,15 @@ def build_ecg_waveform(record: EcgRecord, patient: PatientRef, ctx: IngestContex
     ds.StudyDescription = "12-lead ECG"
     # General Series
     ds.Modality = "ECG"
-    ds.SeriesInstanceUID = ctx.uid("ecg-series")
+    ds.SeriesInstanceUID = uid("ecg-series")
     ds.SeriesNumber = 1
     ds.SeriesDate = format_da(acquired)
     ds.SeriesTime = format_tm(acquired)
     ds.SeriesDescription = "Resting 12-lead ECG"
     # General Equipment
-    ds.Manufacturer = record.manufacturer
-    if record.device_model:
-        ds.ManufacturerModelName = record.device_model
+    ds.Manufacturer = fit_vr(record.manufacturer, "LO")
+    if fit_vr(record.device_model, "LO"):
+        ds.ManufacturerModelName = fit_vr(record.device_model, "LO")
     # Waveform Identification
     ds.InstanceNumber = 1
     ds.ContentDate = format_da(acquired)

@@ -13,20 +13,21 @@ hold a WAVEFORM item. The root concept is LOINC 11524-6 "EKG study": DICOM's TID
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from cohort.dicom import codes
 from cohort.dicom import sr_items as sr
-from cohort.dicom.ecg_waveform import file_meta_for, format_da, format_tm
+from cohort.dicom.part10 import file_meta_for, format_da, format_tm
 from cohort.dicom.patient import PatientRef, apply_patient
+from cohort.dicom.sop_classes import COMPREHENSIVE_SR_STORAGE
 from cohort.dicom.uids import derived_uid
 from cohort.ecg.record import FINDINGS, EcgRecord
-from cohort.ingest.base import IngestContext
 
-__all__ = ["COMPREHENSIVE_SR_STORAGE", "MEASUREMENT_CODES", "FINDING_CODES", "build_ecg_report"]
+__all__ = ["MEASUREMENT_CODES", "FINDING_CODES", "build_ecg_report"]
 
-COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
 SR_MANUFACTURER = "FedCohort"
 
 # Canonical measurement key (cohort.ecg.record.MEASUREMENT_UNITS) -> concept and UCUM unit.
@@ -53,13 +54,13 @@ FINDING_CODES: dict[str, Code] = {
 Rel = sr.RelationshipType
 
 
-def _observation_context(record: EcgRecord, ctx: IngestContext) -> list[Dataset]:
+def _observation_context(record: EcgRecord, uid: Callable[[str], str], site_id: str) -> list[Dataset]:
     """TID 1001 / 1004: the ECG device as observer."""
     if record.manufacturer or record.device_model:
         # One UID per device type and site, so reports of the same device share their observer.
-        device_uid = str(derived_uid(ctx.site.site_id, "ecg-device", record.manufacturer, record.device_model))
+        device_uid = str(derived_uid(site_id, "ecg-device", record.manufacturer, record.device_model))
     else:
-        device_uid = ctx.uid("ecg-device-observer")
+        device_uid = uid("ecg-device-observer")
     items = [
         sr.code(codes.OBSERVER_TYPE, codes.DEVICE, rel=Rel.HAS_OBS_CONTEXT),
         sr.uidref(codes.DEVICE_OBSERVER_UID, device_uid, rel=Rel.HAS_OBS_CONTEXT),
@@ -123,10 +124,10 @@ def _summary(record: EcgRecord) -> Dataset | None:
     return sr.container(codes.SUMMARY, [sr.text(codes.FINDING, s) for s in statements])
 
 
-def _content_tree(record: EcgRecord, waveform: Dataset, ctx: IngestContext) -> Dataset:
+def _content_tree(record: EcgRecord, waveform: Dataset, uid: Callable[[str], str], site_id: str) -> Dataset:
     children = [
         sr.code(codes.LANGUAGE_OF_CONTENT, codes.ENGLISH_US, rel=Rel.HAS_CONCEPT_MOD),
-        *_observation_context(record, ctx),
+        *_observation_context(record, uid, site_id),
         sr.code(codes.PROCEDURE_REPORTED, codes.TWELVE_LEAD_ECG, rel=Rel.HAS_CONCEPT_MOD),
         _patient_characteristics(record),
         _procedure_description(record, waveform),
@@ -138,8 +139,11 @@ def _content_tree(record: EcgRecord, waveform: Dataset, ctx: IngestContext) -> D
 
 
 def build_ecg_report(record: EcgRecord, waveform: Dataset, patient: PatientRef,
-                     ctx: IngestContext) -> Dataset | None:
+                     uid: Callable[[str], str], site_id: str) -> Dataset | None:
     """The TID 3700 ECG Report for ``record``, or None when it has nothing to report.
+
+    ``uid(role)`` mints the report's UIDs; ``site_id`` keys the UID of the device observer, which all
+    reports of one device type at a site share.
 
     ``waveform`` is the object ``build_ecg_waveform`` made from the same record; the report joins its
     study. A record with measurements, findings or statements gets a report (statements alone are
@@ -148,7 +152,7 @@ def build_ecg_report(record: EcgRecord, waveform: Dataset, patient: PatientRef,
     if not (record.measurements or record.findings or any(s.strip() for s in record.statements)):
         return None
     acquired = record.acquired
-    sop_uid = ctx.uid("ecg-report")
+    sop_uid = uid("ecg-report")
 
     ds = Dataset()
     ds.file_meta = file_meta_for(COMPREHENSIVE_SR_STORAGE, sop_uid)
@@ -170,7 +174,7 @@ def build_ecg_report(record: EcgRecord, waveform: Dataset, patient: PatientRef,
             setattr(ds, keyword, waveform[keyword].value)
     # SR Document Series
     ds.Modality = "SR"
-    ds.SeriesInstanceUID = ctx.uid("ecg-sr-series")
+    ds.SeriesInstanceUID = uid("ecg-sr-series")
     ds.SeriesNumber = 2  # the waveform's series is 1
     ds.SeriesDate = format_da(acquired)
     ds.SeriesTime = format_tm(acquired)
@@ -187,7 +191,7 @@ def build_ecg_report(record: EcgRecord, waveform: Dataset, patient: PatientRef,
     ds.PerformedProcedureCodeSequence = [sr.coded_entry(codes.TWELVE_LEAD_ECG)]
     ds.CurrentRequestedProcedureEvidenceSequence = sr.evidence_sequence([waveform])
     # SR Document Content
-    root = _content_tree(record, waveform, ctx)
+    root = _content_tree(record, waveform, uid, site_id)
     sr.apply_root(ds, root)
     sr.declare_local_scheme(ds, root)
     return ds
