@@ -30,7 +30,14 @@ import numpy as np
 import pydicom
 from monai.data import Dataset
 
-from cohort.dicom.prediction_sr import ModelIdentity, PredictionRecord, SourceObject, prediction_document
+from cohort.dicom.prediction_sr import (
+    ModelIdentity,
+    PredictionRecord,
+    SourceObject,
+    prediction_document,
+    prediction_ids,
+)
+from cohort.dicom.tables_sr import DocumentIds
 from cohort.errors import ConfigError, InputError
 from cohort.export import cohort_hash, export_cohort, export_key
 from cohort.export.selection import ModelInput, PatientSelection, select_patients
@@ -306,21 +313,23 @@ def _label_text(spec_json: dict[str, Any]) -> str:
 
 
 def _sources(index: DuckIndex, sel: PatientSelection) -> tuple[list[SourceObject], dict[str, Path]]:
-    """Every stored object behind the patient's inputs (each CT instance), and one file per input."""
+    """Every stored object behind the patient's inputs (each CT instance), and one file per input.
+
+    From the index alone (no file is read): an image series' instances share its class, series and study.
+    """
     chosen = {role: sel.inputs[role].entity_id for role in ModelInput if role in sel.inputs}
-    rows = index.con.execute("SELECT entity_id, path FROM ingested WHERE entity_id IN (SELECT unnest(?::INTEGER[])) "
-                             "ORDER BY path", [sorted(set(chosen.values()))]).fetchall()
-    files: dict[int, list[str]] = {}
-    for eid, path in rows:
-        files.setdefault(int(eid), []).append(str(path))
+    rows = index.con.execute(
+        "SELECT i.entity_id, i.path, i.sop_uid, e.sop_class_uid, e.series_uid, e.study_uid FROM ingested i "
+        "JOIN entities e ON e.entity_id = i.entity_id WHERE i.entity_id IN (SELECT unnest(?::INTEGER[])) "
+        "ORDER BY i.path", [sorted(set(chosen.values()))]).fetchall()
+    by_entity: dict[int, list[tuple[str, ...]]] = {}
+    for eid, *rest in rows:
+        by_entity.setdefault(int(eid), []).append(tuple(str(v) for v in rest))
     out: list[SourceObject] = []
     first: dict[str, Path] = {}
     for role, eid in chosen.items():
-        for path in files.get(eid, []):
-            h = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
-                "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"])
-            out.append(SourceObject(role.value, str(h.SOPClassUID), str(h.SOPInstanceUID),
-                                    str(h.SeriesInstanceUID), str(h.StudyInstanceUID)))
+        for path, sop, sop_class, series, study in by_entity.get(eid, []):
+            out.append(SourceObject(role.value, sop_class, sop, series, study))
             first.setdefault(role.value, Path(path))
     return out, first
 
@@ -377,6 +386,14 @@ def predict_cohort(store: str | Path, *, digest: str | None = None, spec: Cohort
     return report
 
 
+def _location(patient: str, ids: DocumentIds) -> pydicom.Dataset:
+    """The identifiers ``Store.path_for`` reads, to find a document without building it."""
+    ds = pydicom.Dataset()
+    ds.PatientID, ds.StudyInstanceUID, ds.Modality = patient, ids.study_uid, "SR"
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = ids.series_uid, ids.sop_uid
+    return ds
+
+
 def _write_documents(root: Path, model: StoredModel, entries: Sequence[DatalistEntry],
                      probs: np.ndarray, selections: dict[str, PatientSelection], trained_on: set[str],
                      report: PredictReport, progress: ProgressCallback | None) -> None:
@@ -389,19 +406,19 @@ def _write_documents(root: Path, model: StoredModel, entries: Sequence[DatalistE
             if progress:
                 progress("writing prediction SRs", i, len(entries))
             sources, first = _sources(index, selections[entry.patient])
-            study_file = next(first[r.value] for r in _STUDY_ORDER if r.value in first) if first else None
-            if study_file is None:
+            role = next((r.value for r in _STUDY_ORDER if r.value in first), None)
+            if role is None:
                 report.skipped.append((entry.patient, "no stored input object to reference"))
                 continue
             record = PredictionRecord(entry.patient, float(p), label_text, entry.patient in trained_on,
                                       tuple(sources), identity, observed)
-            ds = prediction_document(record, pydicom.dcmread(study_file, stop_before_pixels=True))
-            target = store.path_for(ds)
+            ids = prediction_ids(record, next(s.study_uid for s in sources if s.role == role))
+            target = store.path_for(_location(entry.patient, ids))
             new = not target.exists()  # same UID: the same prediction was stored before (kept as it is)
             if new:
-                target = store.write(ds)
+                target = store.write(prediction_document(record, pydicom.dcmread(first[role], stop_before_pixels=True)))
             report.predictions.append(Prediction(entry.patient, float(p),
                                                  None if entry.label == UNKNOWN_LABEL else entry.label,
-                                                 entry.patient in trained_on, str(ds.SOPInstanceUID), target, new))
+                                                 entry.patient in trained_on, ids.sop_uid, target, new))
     if progress:
         progress("writing prediction SRs", len(entries), len(entries))

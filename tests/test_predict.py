@@ -269,3 +269,40 @@ def test_the_client_app_cannot_reach_predict() -> None:
     code = "import sys, fl_client.client_app; print('fl_client.predict' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_model_with_consortium_statistics_predicts_as_training_does(predicted: Predicted) -> None:
+    """The default run setting (training.normalization=consortium): the statistics come from model.json."""
+    from fl_client.calibration import apply_site_intercept
+    from fl_client.data import load_datalist, split_train_val
+    from fl_client.final_model import CARD_FILE, site_model_dir, store_final_model
+    from fl_client.local import export_dir, training_split_predictions
+    from fl_client.normalization import NormStats
+    from fl_client.predict import predict_cohort
+
+    p = predicted
+    data_cfg = p.settings.data_config()
+    datalist = load_datalist(export_dir(p.site, p.spec_json, SUBSET))
+    train, _ = split_train_val(datalist.entries, data_cfg.val_fraction, p.settings.seed)
+    base = NormStats.from_json(_site_stats_json(datalist, train, data_cfg))
+    stats = NormStats(type(base.tabular)(tuple(m + 1.0 for m in base.tabular.means), base.tabular.stds), base.ecg)
+    weights = [w - np.float32(0.01) for w in p.weights]
+    answer = store_final_model(p.site, p.spec_json, SUBSET, json.dumps(p.card["training"]), weights,
+                               stats.to_json(), "intercept", "run-3")
+    assert answer.digest is not None
+    card = json.loads((site_model_dir(p.site, answer.digest) / CARD_FILE).read_text())
+    assert card["norm_stats"] != "site"
+    report = predict_cohort(p.store, digest=answer.digest)
+    probs, _ = training_split_predictions(p.site, p.spec_json, SUBSET, p.settings, weights, stats)
+    got = {q.patient: q.probability for q in report.predictions}
+    np.testing.assert_allclose([got[e.patient] for e in train], apply_site_intercept(probs, card["site_intercept"]),
+                               rtol=0, atol=1e-6)
+    site_stats_probs, _ = training_split_predictions(p.site, p.spec_json, SUBSET, p.settings, weights)
+    assert np.max(np.abs(apply_site_intercept(site_stats_probs, card["site_intercept"])
+                         - np.array([got[e.patient] for e in train]))) > 1e-4  # the statistics matter
+
+
+def _site_stats_json(datalist: Any, train: Any, data_cfg: Any) -> str:
+    from fl_client.data import preprocessed_dataset, site_norm_stats
+
+    return site_norm_stats(datalist, train, preprocessed_dataset(datalist, train, data_cfg)).to_json()

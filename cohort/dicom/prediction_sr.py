@@ -31,8 +31,8 @@ from cohort.dicom.patient import PatientRef
 from cohort.dicom.tables_sr import DocumentIds, sr_document
 from cohort.dicom.uids import derived_uid
 
-__all__ = ["ModelIdentity", "PredictionRecord", "SourceObject", "prediction_document", "prediction_tree",
-           "prediction_uid", "PREDICTION_SERIES_NUMBER"]
+__all__ = ["ModelIdentity", "PredictionRecord", "SourceObject", "prediction_document", "prediction_ids",
+           "prediction_tree", "prediction_uid", "PREDICTION_SERIES_NUMBER"]
 
 Rel = sr.RelationshipType
 PREDICTION_SERIES_NUMBER = 900
@@ -168,20 +168,24 @@ def prediction_tree(record: PredictionRecord, device_uid: str) -> Dataset:
     ], rel=None)
 
 
+def prediction_ids(record: PredictionRecord, study_uid: str) -> DocumentIds:
+    """Study, series and instance UIDs of ``record``'s document when it joins the study ``study_uid``."""
+    if not record.sources:
+        raise ValueError(f"patient {record.patient_id}: a prediction needs at least one input object")
+    return DocumentIds(study_uid=study_uid,
+                       series_uid=derived_uid("prediction-series", record.model.digest, study_uid),
+                       sop_uid=prediction_uid(record.patient_id, record.model, record.sources),
+                       series_number=PREDICTION_SERIES_NUMBER,
+                       series_description=f"Model prediction {record.model.digest[:16]}")
+
+
 def prediction_document(record: PredictionRecord, study: Dataset) -> Dataset:
     """The Comprehensive SR of ``record``, in the study of ``study`` (the header of one input object).
 
     The document joins that study (its attributes copied, so the study stays consistent in a PACS) in a
     series of its own per model; its Content Date/Time is the observation time.
     """
-    if not record.sources:
-        raise ValueError(f"patient {record.patient_id}: a prediction needs at least one input object")
-    study_uid = str(study.StudyInstanceUID)
-    ids = DocumentIds(study_uid=study_uid,
-                      series_uid=derived_uid("prediction-series", record.model.digest, study_uid),
-                      sop_uid=prediction_uid(record.patient_id, record.model, record.sources),
-                      series_number=PREDICTION_SERIES_NUMBER,
-                      series_description=f"Model prediction {record.model.digest[:16]}")
+    ids = prediction_ids(record, str(study.StudyInstanceUID))
     device_uid = derived_uid("prediction-device", record.model.digest)
     ds = sr_document(prediction_tree(record, device_uid), PatientRef(record.patient_id, ""), ids,
                      record.observed.date())
