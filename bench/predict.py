@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
+    from cohort.siteconfig import load_site_config
     from cohort.spec.load import parse_spec
     from fl_client.final_model import site_model_dir, store_final_model
     from fl_client.local import TrainingSettings
@@ -65,11 +66,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     cfg = compose_config(None, f"training.epochs=1 {CT_OVERRIDE}")
     spec_json = parse_spec(cfg["cohort"]).to_dict()
-    with console.status("synthesizing and ingesting the site (once)"):
-        site = build_site(args.work, args.patients, args.seed)
+    with console.status("synthesizing and ingesting the site (once), copying it for this run"):
+        built = build_site(args.work, args.patients, args.seed)
+        # Each run predicts on a fresh copy: an earlier run's SRs would make this one find them all stored.
+        run_dir = args.work.with_name(args.work.name + "-run")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(args.work, run_dir, ignore=shutil.ignore_patterns("raw", "models", PREDICTIONS_DIR))
+        site = load_site_config(run_dir / Path(built.source_file).relative_to(args.work.resolve()))
     store = site.store_path()
-    for old in (store / "models", store / PREDICTIONS_DIR):
-        shutil.rmtree(old, ignore_errors=True)  # an earlier run's model and prediction exports
     settings = TrainingSettings(model=cfg["model"], training={**cfg["training"], "device": "cpu"}, seed=0)
     init = initial_arrays(cfg["model"], 0).to_numpy_ndarrays()
     with console.status("training rounds (first fills the preprocessing cache)"):

@@ -178,6 +178,11 @@ def test_a_spec_on_the_prediction_counts_the_patients_a_pydicom_walk_finds(predi
                   and d["digest"] == p.report.model}
         assert walked, f"the test needs patients with probability {op} the median"
         assert _counts(p.store, spec) == len(walked)
+    from cohort.dashboard.api import Dashboard
+
+    groups = {g["template"]: g for g in Dashboard(p.store, caching=False).fields()["objects"]}
+    names = {f["name"] for f in groups["prediction"]["fields"]}  # the dashboard offers them as filters
+    assert {"probability", "used_in_training", "model_digest", "training_run"} <= names
 
 
 def test_a_later_export_can_exclude_the_patients_the_model_was_trained_on(predicted: Predicted,
