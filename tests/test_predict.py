@@ -311,3 +311,28 @@ def _site_stats_json(datalist: Any, train: Any, data_cfg: Any) -> str:
     from fl_client.data import preprocessed_dataset, site_norm_stats
 
     return site_norm_stats(datalist, train, preprocessed_dataset(datalist, train, data_cfg)).to_json()
+
+
+def test_an_unknown_digest_or_changed_weights_are_refused_with_what_to_do(predicted: Predicted, tmp_path: Path) -> None:
+    import shutil
+
+    from cohort.errors import ConfigError
+    from fl_client.final_model import MODEL_FILE
+    from fl_client.predict import load_model
+
+    with pytest.raises(ConfigError, match=f"--model ffff0000: no stored model matches; stored: .*{p_digest(predicted)}"):
+        load_model(predicted.store, "ffff0000")
+    store = tmp_path / "store"
+    folder = load_model(predicted.store, predicted.report.model).folder
+    shutil.copytree(folder, store / "models" / folder.name)
+    weights = [w.copy() for w in predicted.weights]
+    weights[0].flat[0] += 1.0
+    np.savez(store / "models" / folder.name / MODEL_FILE, *weights)
+    with pytest.raises(ConfigError, match="the weights do not match the digest .*store the model again"):
+        load_model(store)
+    with pytest.raises(ConfigError, match="no stored model; a site stores the final model after a federated run"):
+        load_model(tmp_path / "empty")
+
+
+def p_digest(p: Predicted) -> str:
+    return p.report.model[:16]
