@@ -264,6 +264,47 @@ def app_hash(
             raise typer.Exit(1)
 
 
+@app.command()
+def predict(
+    store: Annotated[Path, typer.Option(help="the site store; the final model is under STORE/models/")],
+    model: Annotated[str | None, typer.Option(
+        help="digest (or its first characters) of the stored model; default: the most recently stored")] = None,
+    spec: Annotated[Path | None, typer.Option(
+        help="cohort spec (YAML) whose patients to score; default: the model's own spec, whole cohort")] = None,
+    subset: Annotated[str | None, typer.Option(help="score only this subset of the spec")] = None,
+    push_dicomweb: Annotated[str | None, typer.Option(
+        help="the site's own PACS (DICOMweb base URL): send the prediction SRs there by STOW-RS")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the run's report as JSON, no progress bars")] = False,
+) -> None:
+    """Score the cohort with the site's stored model and store one prediction SR per patient (local only)."""
+    import json
+
+    from cohort.cli.progress import progress_callback
+    from cohort.spec.load import load_spec
+    from fl_client.predict import predict_cohort
+
+    cohort_spec = load_spec(spec) if spec is not None else None
+    with progress_callback(not json_out) as progress:
+        report = predict_cohort(store, digest=model, spec=cohort_spec, subset=subset, push_dicomweb=push_dicomweb,
+                                progress=progress)
+    if json_out:
+        typer.echo(json.dumps(report.to_json(), indent=1))
+        return
+    typer.echo(f"model {report.model[:16]} on {report.spec} ({report.subset or 'whole cohort'}): "
+               f"{report.patients} patients, {len(report.predictions)} scored, {len(report.written)} new SRs, "
+               f"{len(report.existing)} already stored, {len(report.skipped)} skipped")
+    for patient, reason in report.skipped[:20]:
+        typer.echo(f"  skipped {patient}: {reason}")
+    if report.pushed is not None:
+        from cohort.ingest.dicomweb import summary
+
+        for line in summary(report.pushed):
+            typer.echo(line)
+    typer.echo(" ".join(f"{k} {v:.2f} s" for k, v in report.seconds.items()))
+    if report.pushed is not None and report.pushed.failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console entry point."""
     run_app(app)

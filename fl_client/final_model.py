@@ -70,7 +70,7 @@ def store_final_model(site: SiteConfig, spec_json: dict[str, Any], subset: str, 
     digest = model_digest(weights)
     try:
         card = _card(site, spec_json, subset, training_json, weights, norm_stats_json,
-                     check_site_calibration(calibration))
+                     check_site_calibration(calibration), requester)
     except (CohortError, OSError, ValueError) as exc:
         audit(log_path, spec_json=spec_json, requester=requester, decision=STATUS_ERROR, reason=f"final model: {exc}")
         return FinalModelAnswer(site.site_id, STATUS_ERROR, digest, str(exc))
@@ -84,14 +84,17 @@ def store_final_model(site: SiteConfig, spec_json: dict[str, Any], subset: str, 
 
 
 def _card(site: SiteConfig, spec_json: dict[str, Any], subset: str, training_json: str, weights: list[np.ndarray],
-          norm_stats_json: str | None, calibration: str) -> dict[str, Any]:
+          norm_stats_json: str | None, calibration: str, requester: str) -> dict[str, Any]:
+    # request_id names the training run (the coordinator's final-model request) in prediction SRs.
     card: dict[str, Any] = {"site_id": site.site_id, "stored": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "request_id": requester,
                             "spec": spec_json, "subset": subset, "training": json.loads(training_json),
                             "norm_stats": json.loads(norm_stats_json) if norm_stats_json else "site",
                             "site_calibration": calibration, "site_intercept": None}
     if calibration == "intercept":
         from fl_client.calibration import fit_site_intercept
-        from fl_client.local import TrainingSettings, training_split_predictions
+        from fl_client.data import load_datalist
+        from fl_client.local import TrainingSettings, export_dir, training_split_predictions
         from fl_client.normalization import NormStats
 
         stats = NormStats.from_json(norm_stats_json) if norm_stats_json else None
@@ -99,4 +102,5 @@ def _card(site: SiteConfig, spec_json: dict[str, Any], subset: str, training_jso
                                                    weights, stats)
         card["site_intercept"] = fit_site_intercept(probs, labels)
         card["intercept_fitted_on"] = {"split": "training", "patients": int(labels.size)}
+        card["training_cohort_hash"] = load_datalist(export_dir(site, spec_json, subset)).cohort_hash
     return card

@@ -136,14 +136,19 @@ class TrainingSettings:
 
 def export_dir(site: SiteConfig, spec_json: dict[str, Any], subset: str) -> Path:
     """Export the agreed cohort once per (spec, subset); later calls reuse the export."""
+    return store_export_dir(site.store_path(), spec_json, subset)
+
+
+def store_export_dir(store: Path, spec_json: dict[str, Any], subset: str) -> Path:
+    """:func:`export_dir` of the site whose store is ``store`` (``fl-client predict`` has no site.yaml)."""
     from cohort.export import export_cohort, export_key
     from cohort.index.catalog import store_catalog
     from cohort.spec.load import parse_spec
 
-    spec = parse_spec(spec_json, catalog=store_catalog(site.store_path()))
-    out = site.store_path() / "exports" / export_key(spec, subset)
+    spec = parse_spec(spec_json, catalog=store_catalog(store))
+    out = store / "exports" / export_key(spec, subset)
     if not (out / "datalist.json").exists():
-        export_cohort(site.store_path(), spec, out, subset=subset)
+        export_cohort(store, spec, out, subset=subset)
     return out
 
 

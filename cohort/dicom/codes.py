@@ -157,7 +157,22 @@ CT_UNSPECIFIED_BODY_REGION = Code("25045-6", "LN", "CT unspecified body region")
 ALGORITHM_FAMILY_AI = Code("123110", "DCM", "Artificial Intelligence")
 ALGORITHM_FAMILY_MANUAL = Code("123109", "DCM", "Manual Processing")
 
+# --- Model predictions (fl_client.predict, cohort/dicom/prediction_sr.py) ----------------------------
+PROBABILITY = Code("122157", "DCM", "Probability")
+ALGORITHM_NAME = Code("111001", "DCM", "Algorithm Name")  # TID 4019 Algorithm Identification
+ALGORITHM_VERSION = Code("111003", "DCM", "Algorithm Version")
+ALGORITHM_PARAMETERS = Code("111002", "DCM", "Algorithm Parameters")
+NO_UNITS = Code("1", "UCUM", "no units")
+
 # --- Project-local codes (scheme 99FEDCOH): concepts with no standard code found ------------------
+MODEL_PREDICTION_REPORT = Code("MP001", LOCAL_SCHEME, "Model prediction report")
+MODEL_IDENTIFICATION = Code("MP002", LOCAL_SCHEME, "Model identification")
+MODEL_DIGEST = Code("MP003", LOCAL_SCHEME, "Model weights SHA-256 digest")
+TRAINING_RUN = Code("MP004", LOCAL_SCHEME, "Federated training run")
+TRAINING_COHORT_HASH = Code("MP005", LOCAL_SCHEME, "Training cohort hash")
+MODEL_PREDICTION = Code("MP006", LOCAL_SCHEME, "Model prediction")
+PREDICTED_LABEL = Code("MP007", LOCAL_SCHEME, "Predicted label")
+IN_TRAINING_DATA = Code("MP008", LOCAL_SCHEME, "Patient in the model's training data")
 MEMBRANOUS_SEPTUM = Code("MS001", LOCAL_SCHEME, "Membranous interventricular septum")
 HINGE_POINT = Code("HP001", LOCAL_SCHEME, "Aortic valve hinge point")
 BALLOON_EXPANDABLE_PROSTHESIS = Code("PT001", LOCAL_SCHEME, "Balloon-expandable transcatheter valve")

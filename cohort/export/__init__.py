@@ -111,8 +111,10 @@ def export_cohort(store: Path, spec: CohortSpec, out: Path, *, subset: str | Non
     datalist = {"version": DATALIST_VERSION, "cohort_hash": digest, "ecg_sampling_rate": EXPORT_SAMPLING_RATE,
                 "ecg_samples": int(EXPORT_SAMPLING_RATE * EXPORT_SECONDS),
                 "tabular_features": [{"name": f.name, "unit": f.unit} for f in TABULAR_FEATURES],
-                # Only patients with a known label can be trained on; the others stay in the manifest.
-                "training": [e for e in entries if e["label"] is not None]}
+                # Only patients with a known label can be trained on; the others are scored by
+                # `fl-client predict` (fl_client.predict), in the same form with label null.
+                "training": [e for e in entries if e["label"] is not None],
+                "unlabelled": [e for e in entries if e["label"] is None]}
     (out / "datalist.json").write_text(json.dumps(datalist, indent=1) + "\n", encoding="utf-8")
     manifest = {"spec": spec.to_dict(), "subset": subset, "cohort_hash": digest, "selection_rules": SELECTION_RULES,
                 "inputs": SourceConditions.of(spec).describe(),
