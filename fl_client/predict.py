@@ -158,6 +158,14 @@ def load_model(store: Path, digest: str | None = None) -> StoredModel:
 # ---------------------------------------------------------------------------------------- cohort
 
 
+@dataclass(frozen=True)
+class PatientInputs:
+    """A patient's chosen input objects and the label object's entities that gave its index event."""
+
+    selection: PatientSelection
+    index_event: tuple[int, ...] = ()
+
+
 def prediction_export(store: Path, spec: CohortSpec, subset: str | None,
                       progress: ProgressCallback | None = None) -> tuple[Path, dict[str, PatientInputs]]:
     """The cohort export predictions read, made again when the store's selection changed since."""
@@ -173,14 +181,6 @@ def prediction_export(store: Path, spec: CohortSpec, subset: str | None,
             shutil.rmtree(out)  # an export of an older state of the store
         export_cohort(store, spec, out, subset=subset, progress=progress)
     return out, {s.patient_id: PatientInputs(s, events.get(s.patient_id, ())) for s in selections}
-
-
-@dataclass(frozen=True)
-class PatientInputs:
-    """A patient's chosen input objects and the label object's entities that gave its index event."""
-
-    selection: PatientSelection
-    index_event: tuple[int, ...] = ()
 
 
 def _index_event_entities(index: DuckIndex, spec: CohortSpec) -> dict[str, tuple[int, ...]]:
