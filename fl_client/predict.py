@@ -32,6 +32,7 @@ from monai.data import Dataset
 
 from cohort.dicom.clinical_sr import DocumentIds
 from cohort.dicom.prediction_sr import (
+    INDEX_EVENT_ROLE,
     ModelIdentity,
     PredictionRecord,
     SourceObject,
@@ -41,6 +42,7 @@ from cohort.dicom.prediction_sr import (
 from cohort.errors import ConfigError, InputError
 from cohort.export import cohort_hash, export_cohort, export_key
 from cohort.export.selection import ModelInput, PatientSelection, select_patients
+from cohort.index.compile_duck import materialized
 from cohort.index.duck import DuckIndex
 from cohort.spec.load import parse_spec
 from cohort.spec.model import CohortSpec
@@ -156,11 +158,20 @@ def load_model(store: Path, digest: str | None = None) -> StoredModel:
 # ---------------------------------------------------------------------------------------- cohort
 
 
+@dataclass(frozen=True)
+class PatientInputs:
+    """A patient's chosen input objects and the label object's entities that gave its index event."""
+
+    selection: PatientSelection
+    index_event: tuple[int, ...] = ()
+
+
 def prediction_export(store: Path, spec: CohortSpec, subset: str | None,
-                      progress: ProgressCallback | None = None) -> tuple[Path, dict[str, PatientSelection]]:
+                      progress: ProgressCallback | None = None) -> tuple[Path, dict[str, PatientInputs]]:
     """The cohort export predictions read, made again when the store's selection changed since."""
     with DuckIndex.for_store(store, read_only=True) as index:
         selections = select_patients(index, spec, subset)
+        events = _index_event_entities(index, spec)
     digest = cohort_hash(spec, subset, selections)
     out = store / PREDICTIONS_DIR / "exports" / export_key(spec, subset)
     listing = out / DATALIST_FILE
@@ -169,7 +180,19 @@ def prediction_export(store: Path, spec: CohortSpec, subset: str | None,
         if out.exists():
             shutil.rmtree(out)  # an export of an older state of the store
         export_cohort(store, spec, out, subset=subset, progress=progress)
-    return out, {s.patient_id: s for s in selections}
+    return out, {s.patient_id: PatientInputs(s, events.get(s.patient_id, ())) for s in selections}
+
+
+def _index_event_entities(index: DuckIndex, spec: CohortSpec) -> dict[str, tuple[int, ...]]:
+    """Patient -> entity ids the spec's label object matched (what the index event is read from)."""
+    if spec.label is None:
+        return {}
+    out: dict[str, list[int]] = {}
+    with materialized(index, spec) as q:
+        for pid, eid in index.con.execute(f"SELECT DISTINCT patient_id, entity_id FROM {q.objects[spec.label.object]} "
+                                          "ORDER BY 1, 2").fetchall():
+            out.setdefault(str(pid), []).append(int(eid))
+    return {pid: tuple(ids) for pid, ids in out.items()}
 
 
 def _unlabelled_entry(raw: Any, i: int, root: Path, n_features: int, path: Path) -> DatalistEntry:
@@ -312,25 +335,28 @@ def _label_text(spec_json: dict[str, Any]) -> str:
     return f"{label.get('object')}.{label.get('field')} = {positive} (cohort spec {spec_json.get('name', '')})"
 
 
-def _sources(index: DuckIndex, sel: PatientSelection) -> tuple[list[SourceObject], dict[str, Path]]:
-    """Every stored object behind the patient's inputs (each CT instance), and one file per input.
+def _sources(index: DuckIndex, inputs: PatientInputs) -> tuple[list[SourceObject], dict[str, Path]]:
+    """Every stored object behind the patient's inputs (each CT instance) and its index event, and one file
+    per role.
 
     From the index alone (no file is read): an image series' instances share its class, series and study.
     """
-    chosen = {role: sel.inputs[role].entity_id for role in ModelInput if role in sel.inputs}
+    sel = inputs.selection
+    chosen: dict[str, int] = {role.value: sel.inputs[role].entity_id for role in ModelInput if role in sel.inputs}
+    events = [e for e in inputs.index_event if e not in chosen.values()]
     rows = index.con.execute(
         "SELECT i.entity_id, i.path, i.sop_uid, e.sop_class_uid, e.series_uid, e.study_uid FROM ingested i "
         "JOIN entities e ON e.entity_id = i.entity_id WHERE i.entity_id IN (SELECT unnest(?::INTEGER[])) "
-        "ORDER BY i.path", [sorted(set(chosen.values()))]).fetchall()
+        "ORDER BY i.path", [sorted({*chosen.values(), *events})]).fetchall()
     by_entity: dict[int, list[tuple[str, ...]]] = {}
     for eid, *rest in rows:
         by_entity.setdefault(int(eid), []).append(tuple(str(v) for v in rest))
     out: list[SourceObject] = []
     first: dict[str, Path] = {}
-    for role, eid in chosen.items():
+    for role, eid in [*chosen.items(), *((INDEX_EVENT_ROLE, e) for e in events)]:
         for path, sop, sop_class, series, study in by_entity.get(eid, []):
-            out.append(SourceObject(role.value, sop_class, sop, series, study))
-            first.setdefault(role.value, Path(path))
+            out.append(SourceObject(role, sop_class, sop, series, study))
+            first.setdefault(role, Path(path))
     return out, first
 
 
@@ -395,7 +421,7 @@ def _location(patient: str, ids: DocumentIds) -> pydicom.Dataset:
 
 
 def _write_documents(root: Path, model: StoredModel, entries: Sequence[DatalistEntry],
-                     probs: np.ndarray, selections: dict[str, PatientSelection], trained_on: set[str],
+                     probs: np.ndarray, selections: dict[str, PatientInputs], trained_on: set[str],
                      report: PredictReport, progress: ProgressCallback | None) -> None:
     store = Store(root)
     identity = model.identity()

@@ -93,6 +93,8 @@ def walk_predictions(store: Path) -> list[dict[str, Any]]:
             if "ReferencedSOPSequence" in item and item is not ds:
                 ref = item.ReferencedSOPSequence[0]
                 doc["refs"].append((str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID)))
+                if name == "MP009":
+                    doc.setdefault("events", []).append(str(ref.ReferencedSOPInstanceUID))
         doc["evidence"] = {(str(r.ReferencedSOPClassUID), str(r.ReferencedSOPInstanceUID))
                            for study in ds.CurrentRequestedProcedureEvidenceSequence
                            for series in study.ReferencedSeriesSequence for r in series.ReferencedSOPSequence}
@@ -147,7 +149,10 @@ def test_every_reference_resolves_to_a_stored_input_object_and_the_documents_val
         assert sum(h.Modality == "CT" for h in headers.values()) == n_ct  # every instance of the series
         singles = {want[role]["uid"] for role in ("ecg", "ecg_report", "registry") if want[role]}
         assert singles and singles <= set(headers)
-        assert len(headers) == n_ct + len(singles)
+        # The label object (the procedure history with the TAVI date the inputs were chosen around).
+        events = set(doc.get("events", []))
+        assert events and all(headers[u].ConceptNameCodeSequence[0].CodeValue == "PRC001" for u in events)
+        assert len(headers) == n_ct + len(singles) + len(events)
     sample = [d["path"] for d in docs[:3]]
     for check in (dciodvfy, sr_validator, dsrdump):
         for result in check(sample):
@@ -229,7 +234,8 @@ def test_pushed_prediction_srs_are_stored_in_orthanc(predicted: Predicted, ortha
     client = DICOMwebClient(orthanc)
     in_pacs = {i["00080018"]["Value"][0] for i in client.search_for_instances(get_remaining=True)}
     assert in_pacs == {q.sop_instance_uid for q in report.predictions}  # the SRs, nothing else
-    first = walk_predictions(predicted.store)[0]
+    pushed = {q.sop_instance_uid for q in report.predictions}
+    first = next(d for d in walk_predictions(predicted.store) if d["sop"] in pushed)
     theirs = client.retrieve_instance(pydicom.dcmread(first["path"]).StudyInstanceUID,
                                       pydicom.dcmread(first["path"]).SeriesInstanceUID, first["sop"])
     assert _value(next(i for i in _walk(theirs) if "MeasuredValueSequence" in i)) == first["probability"]

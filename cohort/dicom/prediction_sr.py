@@ -31,7 +31,7 @@ from cohort.dicom.clinical_sr import DocumentIds, sr_document
 from cohort.dicom.patient import PatientRef
 from cohort.dicom.uids import derived_uid
 
-__all__ = ["ModelIdentity", "PredictionRecord", "SourceObject", "prediction_document", "prediction_ids",
+__all__ = ["INDEX_EVENT_ROLE", "ModelIdentity", "PredictionRecord", "SourceObject", "prediction_document", "prediction_ids",
            "prediction_tree", "prediction_uid", "PREDICTION_SERIES_NUMBER"]
 
 Rel = sr.RelationshipType
@@ -43,11 +43,15 @@ _STUDY_ATTRIBUTES = ("StudyDate", "StudyTime", "StudyID", "AccessionNumber", "Re
                      "StudyDescription")
 
 
+INDEX_EVENT_ROLE = "index_event"
+
+
 @dataclass(frozen=True)
 class SourceObject:
-    """One stored object a model input was built from (a CT slice, the ECG, an SR)."""
+    """One stored object a model input was built from (a CT slice, the ECG, an SR), or that gave the
+    index event the inputs were chosen around (role :data:`INDEX_EVENT_ROLE`: the label object)."""
 
-    role: str  # the model input: "ct", "ecg", "ecg_report", "registry", ...
+    role: str  # the model input: "ct", "ecg", "ecg_report", "registry", ..., or "index_event"
     sop_class_uid: str
     sop_instance_uid: str
     series_uid: str
@@ -97,15 +101,15 @@ def prediction_uid(patient_id: str, model: ModelIdentity, sources: Sequence[Sour
 
 
 def _reference(source: SourceObject) -> Dataset:
+    """INFERRED FROM "Source of Measurement" for an input object; CONTAINS "Index event source" otherwise."""
+    name, rel = ((codes.INDEX_EVENT_SOURCE, Rel.CONTAINS) if source.role == INDEX_EVENT_ROLE
+                 else (codes.SOURCE_OF_MEASUREMENT, Rel.INFERRED_FROM))
     kind = source.value_type()
     if kind == "WAVEFORM":
-        return sr.waveform_ref(codes.SOURCE_OF_MEASUREMENT, source.sop_class_uid, source.sop_instance_uid,
-                               rel=Rel.INFERRED_FROM)
+        return sr.waveform_ref(name, source.sop_class_uid, source.sop_instance_uid, rel=rel)
     if kind == "COMPOSITE":
-        return sr.composite_ref(codes.SOURCE_OF_MEASUREMENT, source.sop_class_uid, source.sop_instance_uid,
-                                rel=Rel.INFERRED_FROM)
-    return sr.image_ref(codes.SOURCE_OF_MEASUREMENT, source.sop_class_uid, source.sop_instance_uid,
-                        rel=Rel.INFERRED_FROM)
+        return sr.composite_ref(name, source.sop_class_uid, source.sop_instance_uid, rel=rel)
+    return sr.image_ref(name, source.sop_class_uid, source.sop_instance_uid, rel=rel)
 
 
 def prediction_tree(record: PredictionRecord, device_uid: str) -> Dataset:
@@ -134,6 +138,8 @@ def prediction_tree(record: PredictionRecord, device_uid: str) -> Dataset:
               INFERRED FROM WAVEFORM (121112, DCM) "Source of Measurement"         [the ECG waveform]
               INFERRED FROM COMPOSITE (121112, DCM) "Source of Measurement"        [each input SR]
             CONTAINS CODE (MP008, 99FEDCOH) "Patient in the model's training data" = Yes / No
+            CONTAINS COMPOSITE (MP009, 99FEDCOH) "Index event source"   [each matched label object, e.g. the
+                                                     procedure-history SR whose TAVI date the inputs were chosen around]
     """
     model = record.model
     observer = [
@@ -154,11 +160,12 @@ def prediction_tree(record: PredictionRecord, device_uid: str) -> Dataset:
         identification.append(sr.text(codes.TRAINING_COHORT_HASH, model.training_cohort_hash))
     probability = sr.num(codes.PROBABILITY, record.probability, codes.NO_UNITS)
     probability.ObservationDateTime = str(DT(record.observed))
-    probability.ContentSequence = [_reference(s) for s in record.sources]
+    probability.ContentSequence = [_reference(s) for s in record.sources if s.role != INDEX_EVENT_ROLE]
     prediction = [
         sr.text(codes.PREDICTED_LABEL, record.predicted_label),
         probability,
         sr.code(codes.IN_TRAINING_DATA, codes.YES if record.in_training_data else codes.NO),
+        *(_reference(s) for s in record.sources if s.role == INDEX_EVENT_ROLE),
     ]
     return sr.container(codes.MODEL_PREDICTION_REPORT, [
         sr.code(codes.LANGUAGE_OF_CONTENT, codes.ENGLISH_US, rel=Rel.HAS_CONCEPT_MOD),
