@@ -1,27 +1,29 @@
-"""Is federation worth it? Local-only vs FedAvg vs the best other strategy vs pooled vs the ceiling.
+"""Is federation worth it? Local-only vs FedAvg vs the best other strategy vs pooled vs the ceiling, like for like.
 
-For each data seed of a preset, synthesizes a consortium of unequal sites, ingests each site into its
-own store, exports the agreed cohort (``configs/cohort/pacemaker_tavi.yaml``, subset ``labelled``) per
-site and splits every site's patients into a held-out *test* split (TEST_SEED, stratified by label) and
-the rest, which the project's own train/validation split (``fl_client.data.split_train_val``, run seed)
-divides as in every federated run. Then, per training seed, with the same model, settings, initial
-weights and epoch budget (rounds x local epochs), and each keeping the round with the best
-*validation* AUROC (never the test split):
+For each data seed of a preset, synthesizes a consortium of unequal sites and ingests each site into its
+own store (derived measurements included), exports the agreed cohort (``configs/cohort/pacemaker_tavi.yaml``,
+subset ``labelled``) per site and, per test fold of the preset, holds that fold (N_FOLDS stratified folds,
+TEST_SEED) out as the test set; the project's own train/validation split (``fl_client.data.split_train_val``,
+run seed) divides the rest as in every federated run. Then, per training seed, with the same settings, initial
+weights and epoch budget (rounds x local epochs), each keeping the round with the best *validation* AUROC:
 
 (a) local-only: one model per site on its own training split, its own normalisation statistics;
 (b) FedAvg and (c) the best other strategy: the real federation code path, ``flwr.simulation.run_simulation``
     with the project's ServerApp (negotiation, agreement, moments round, Flower strategy over the
     agreed sites) and ClientApp; test patients are removed from each site's export before the runs.
-    The other strategy is chosen among CANDIDATES by federated validation AUROC (first data seed,
-    first training seed);
+    The other strategy is chosen among CANDIDATES by federated validation AUROC (first split, first seed);
 (d) pooled: one model on the union of all training splits (not possible in reality);
-(e) ceiling: the generative model's own true probabilities (``truth.csv``).
+(e) each of (a)-(d) with each site's own intercept (``+b``), fitted on the site's training split;
+(f) the same three for a linear model (``configs/model/linear.yaml``) through the same code path, and
+    scikit-learn's logistic regression local-only and pooled: transparent baselines;
+(g) prevalence only: each site's training rate as every patient's score;
+(h) ceiling: the generative model's own true probabilities (``truth.csv``).
 
 Writes ``docs/results/<preset>.json`` (every test prediction) and renders ``docs/results.md`` with
 the figures in ``docs/img/`` from every preset's JSON present (``scripts/results_report.py``).
 
     python scripts/results.py --preset small
-    python scripts/results.py --preset large
+    python scripts/results.py --preset judge
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ split (``fl_client.calibration``, as the site does after the last round) and sco
 splits of all sites together, with and without it. Test splits are not read: this is how
 ``federation.site_calibration: intercept`` was chosen.
 
-    python scripts/results.py --preset large            # leaves out/results/large/data-*/runs
-    python scripts/site_intercept_validation.py --preset large
+    python scripts/results.py --preset judge            # leaves out/results/judge/data-*/fold-*/runs
+    python scripts/site_intercept_validation.py --preset judge
 """
 
 from __future__ import annotations
@@ -34,20 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     from fl_server.config import compose_config
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(R.PRESETS), default="large")
+    p.add_argument("--preset", choices=sorted(R.PRESETS), default="judge")
     p.add_argument("--work", type=Path, default=ROOT / "out" / "results", help="scripts/results.py's work folder")
     args = p.parse_args(argv)
     preset = R.PRESETS[args.preset]
     base = R.base_overrides(preset)
     spec_json = parse_spec(compose_config(None, base)["cohort"]).to_dict()
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
-    for ds in preset.data_seeds:
+    for ds, fold in ((ds, fold) for ds in preset.data_seeds for fold in preset.folds):
         work = args.work / args.preset / f"data-{ds}"
-        sites = R.prepare_sites(work / "sites", spec_json)
+        sites = R.prepare_sites(work / "sites", spec_json, fold)
         for seed in preset.seeds:
             settings = R._settings(compose_config(None, f"{base} seed={seed}"), seed)
             for key in ("fedavg", "other"):
-                run = work / "runs" / f"{key}-s{seed}"
+                run = work / f"fold-{fold}" / "runs" / f"{key}-s{seed}"
                 report = json.loads((run / "report.json").read_text())
                 with np.load(run / "final_model.npz") as npz:
                     weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
                 row = (roc_auc(y_all, before.probs), roc_auc(y_all, after.probs), brier_score(before),
                        brier_score(after))
                 rows.setdefault(key, []).append(row)  # type: ignore[arg-type]
-                R.log(f"data seed {ds}, seed {seed}, {key}: validation AUROC all sites {row[0]:.3f} -> {row[1]:.3f}, "
+                R.log(f"data seed {ds}, fold {fold}, seed {seed}, {key}: validation AUROC all sites {row[0]:.3f} -> {row[1]:.3f}, "
                       f"Brier {row[2]:.3f} -> {row[3]:.3f}")
     print("\napproach | runs | validation AUROC, all sites: without -> with site intercept | Brier: without -> with")
     for key, vals in rows.items():
