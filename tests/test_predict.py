@@ -147,7 +147,7 @@ def test_every_reference_resolves_to_a_stored_input_object_and_the_documents_val
         assert ct_series == {want["ct"]["uid"]}
         n_ct = len(list(stored[next(u for u, h in headers.items() if h.Modality == "CT")].parent.glob("*.dcm")))
         assert sum(h.Modality == "CT" for h in headers.values()) == n_ct  # every instance of the series
-        singles = {want[role]["uid"] for role in ("ecg", "ecg_report", "registry") if want[role]}
+        singles = {want[role]["uid"] for role in ("ecg", "ecg_report", "registry", "measurements") if want.get(role)}
         assert singles and singles <= set(headers)
         # The label object (the procedure history with the TAVI date the inputs were chosen around).
         events = set(doc.get("events", []))
