@@ -60,8 +60,8 @@ def forbidden_files(layer: Path) -> list[str]:
             path = rel / name
             if name in FORBIDDEN_NAMES or name.endswith(FORBIDDEN_SUFFIXES):
                 bad.append(str(path))
-            elif name.endswith(".whl"):  # the wheelhouse is bind-mounted for one step, never copied
-                bad.append(str(path))
+            elif name.endswith(".whl") and rel.name not in ("python-wheels", "_bundled"):
+                bad.append(str(path))  # the wheelhouse is bind-mounted for one step, never copied (ensurepip's are fine)
             elif name.endswith(".dcm") and top not in ("opt", "usr"):  # library test files are fine
                 bad.append(str(path))
         if top in EMPTY_DIRS and (files or dirs):
@@ -85,6 +85,8 @@ def test_forbidden_files_finds_site_data_in_a_layer(tmp_path: Path) -> None:
     (layer / "opt" / "venv" / "lib" / "pydicom" / "data").mkdir(parents=True)
     (layer / "opt" / "venv" / "lib" / "pydicom" / "data" / "CT_small.dcm").write_bytes(b"x")
     (layer / "app" / "pyproject.toml").write_text("x")
+    (layer / "usr" / "share" / "python-wheels").mkdir(parents=True)
+    (layer / "usr" / "share" / "python-wheels" / "pip-23.0.1-py3-none-any.whl").write_bytes(b"x")
     assert forbidden_files(layer) == []
     (layer / "app" / "tests").mkdir()
     (layer / "app" / "deploy" / "wheelhouse").mkdir(parents=True)
@@ -210,9 +212,17 @@ def test_container_federation_negotiates_trains_and_refuses_unregistered_site(
     assert digest == fab_sha256(build_fab(ROOT)), (
         "the coordinator image's /app bundles other files than this checkout: rebuild the images "
         "(deploy/build-images.sh) from a clean checkout")
-    sites = local.prepare_sites(data, SITES, PATIENTS, seed=3, min_cell_size=5, pin=digest)
+    sites = local.prepare_sites(data, SITES, PATIENTS, seed=3, min_cell_size=5, pin=digest, ingest=False)
     local.make_certs(certs, [*sites, "intruder"])
     pm.chown_tree(data)
+    # Each site ingests its raw exports with the site image, into the store its client container mounts
+    # (compose's site-N-ingest, without the PACS). The index records absolute file paths: /site/store/...
+    for s in sites:
+        ing = containers.run(f"ingest-{s}", images["site"],
+                             ["cohort", "ingest", "/site/raw", "--store", "/site/store", "--site-config",
+                              "/site/site.yaml", "--report", "/site/ingest_report.json", "--quiet"],
+                             [(data / "sites" / s, "/site", "rw")], timeout=400)
+        assert ing.returncode == 0, f"{s}: {ing.stdout[-2000:]}\n{ing.stderr[-3000:]}"
 
     port, address = local.free_port(), ""
     address = f"127.0.0.1:{port}"
@@ -314,7 +324,7 @@ def test_site_image_ingests_a_mounted_folder_and_serves_the_dashboard(
                            "/site/site.yaml", "--report", "/site/ingest_report.json"], mounts, timeout=400)
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     report = json.loads((folder / "ingest_report.json").read_text(encoding="utf-8"))
-    assert report["inputs"] == report["converted"] + report["duplicates"] + len(report["quarantined"])
+    assert report["inputs"] == report["converted"] + report["duplicates"] + report["quarantined"]
     assert report["converted"] > 0
     with open(folder / "truth.csv", encoding="utf-8") as fh:
         patients = len(list(csv.DictReader(fh)))
