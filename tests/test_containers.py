@@ -224,7 +224,7 @@ def test_container_federation_negotiates_trains_and_refuses_unregistered_site(
                              [(data / "sites" / s, "/site", "rw")], timeout=400)
         assert ing.returncode == 0, f"{s}: {ing.stdout[-2000:]}\n{ing.stderr[-3000:]}"
 
-    port, address = local.free_port(), ""
+    port = local.free_port()
     address = f"127.0.0.1:{port}"
     link = containers.start("superlink", images["coordinator"], _compose_command("superlink", port),
                             [(certs, "/certs", "ro"), (coord / "state", "/state", "rw"), (coord / "runs", "/runs", "rw")])
