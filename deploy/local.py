@@ -148,8 +148,11 @@ PIN_PROJECT = "project"
 
 
 def prepare_sites(data: Path, sites: int, patients: int | list[int], seed: int = 0,
-                  min_cell_size: int | None = None, pin: str | None = PIN_PROJECT) -> list[str]:
+                  min_cell_size: int | None = None, pin: str | None = PIN_PROJECT, ingest: bool = True) -> list[str]:
     """Synthesize ``sites`` sites into DATA/sites and ingest each into its store; returns the site names.
+
+    ``ingest=False`` leaves the ingest to the caller (the container test runs it in the site image: the
+    index records the store's absolute file paths, so a store is used where it was ingested).
 
     ``min_cell_size`` sets the sites' own disclosure threshold (a site's choice; tiny demo sites need
     a low one to release any count at all). ``pin``: the app release the sites answer (``app_release``
@@ -174,8 +177,9 @@ def prepare_sites(data: Path, sites: int, patients: int | list[int], seed: int =
             if pin is not None:
                 raw["app_release"] = {"sha256": [pin]}
             s.site_config.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True), encoding="utf-8")
-        site = load_site_config(s.site_config)
-        ingest_folder(s.raw_dir, site.store_path(), site).write(s.folder / "ingest_report.json")
+        if ingest:
+            site = load_site_config(s.site_config)
+            ingest_folder(s.raw_dir, site.store_path(), site).write(s.folder / "ingest_report.json")
         names.append(s.site_id)
     return names
 

@@ -42,7 +42,7 @@ def fab_sha256(fab: bytes) -> str:
 
 
 def build_fab(app_dir: Path) -> bytes:
-    """The FAB ``flwr run APP_DIR`` would submit (Flower's own builder: .gitignore, fab-exclude)."""
+    """The FAB ``flwr run APP_DIR`` would submit (Flower's own builder: .gitignore, fab-include)."""
     from flwr.cli.build import build_fab_from_disk
 
     if not (app_dir / "pyproject.toml").is_file():

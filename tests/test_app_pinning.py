@@ -238,7 +238,8 @@ def stage_app(dst: Path, tag: str, markers: Path) -> Path:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     flwr_app = project["tool"]["flwr"]["app"]
-    flwr_app.pop("fab-exclude", None)  # its folders (tests, docs, ...) are not staged
+    flwr_app.pop("fab-include", None)  # the staged app also ships pin_probe.py
+    flwr_app.pop("fab-exclude", None)
     flwr_app["components"]["serverapp"] = "pin_probe:app"
     flwr_app["config"].update({"probe-request": "", "probe-out": ""})
     (dst / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")
