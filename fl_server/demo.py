@@ -77,6 +77,21 @@ def library_output_to(log_path: Path) -> Iterator[None]:
         handler.close()
 
 
+RAY_SESSION_LOGS = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "logs"
+
+
+def append_ray_worker_logs(log_path: Path, since: float, logs_dir: Path = RAY_SESSION_LOGS) -> int:
+    """Append what Ray's workers wrote during the run (files changed after ``since``) to ``log_path``;
+    returns the number of files copied (0 when Ray kept no logs there)."""
+    files = sorted(p for p in logs_dir.glob("worker-*") if p.suffix in (".out", ".err")
+                   and p.stat().st_mtime >= since and p.stat().st_size > 0) if logs_dir.is_dir() else []
+    with open(log_path, "a", encoding="utf-8") as out:
+        for p in files:
+            out.write(f"--- Ray worker log {p.name} ---\n")
+            out.write(p.read_text(encoding="utf-8", errors="replace"))
+    return len(files)
+
+
 class ProgressGrid:
     """A Grid that forwards everything and reports every exchange with the sites as progress.
 
@@ -163,8 +178,13 @@ def run_demo(out: Path, *, sites: int = 4, patients: int | list[int] = 120, roun
             run_federation(ProgressGrid(grid, progress, rounds), settings)  # type: ignore[arg-type]
 
     log = run_out / DEMO_LOG
+    started = time.time()
     with library_output_to(log):
+        # The ClientApps run in Ray workers: their output (MONAI's codec notices, library warnings) is not
+        # forwarded to this terminal but copied from Ray's worker logs into the run's log afterwards.
         run_simulation(server_app=server_app, client_app=build_client_app(synth_dir / "consortium.json"),
-                       num_supernodes=sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+                       num_supernodes=sites, backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                                             "init_args": {"log_to_driver": False}})
+    append_ray_worker_logs(log, since=started)
     seconds["federation"] = time.perf_counter() - t0 - seconds["synthesis"] - seconds["ingest"]
     return DemoResult(out, reports, run_out / "report.json", seconds, log)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_server.demo import DEMO_LOG, library_output_to
+from fl_server.demo import DEMO_LOG, append_ray_worker_logs, library_output_to
 
 
 def test_flower_log_and_python_warnings_go_to_the_log_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,6 +42,23 @@ def test_outside_the_block_flower_logs_to_the_terminal_again(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_ray_worker_logs_of_the_run_are_appended_to_the_run_log(tmp_path: Path) -> None:
+    logs = tmp_path / "ray-logs"
+    logs.mkdir()
+    (logs / "worker-old.err").write_text("from an earlier run\n")
+    os.utime(logs / "worker-old.err", (1_000, 1_000))
+    (logs / "worker-a.err").write_text("UserWarning: NvImgCodecPydicomReader: ...\n")
+    (logs / "worker-a.out").write_text("")
+    (logs / "raylet.out").write_text("not a worker\n")
+    log = tmp_path / DEMO_LOG
+    log.write_text("flwr INFO: round 1\n")
+    assert append_ray_worker_logs(log, since=10_000, logs_dir=logs) == 1
+    text = log.read_text()
+    assert text.startswith("flwr INFO: round 1\n") and "NvImgCodecPydicomReader" in text
+    assert "earlier run" not in text and "not a worker" not in text
+    assert append_ray_worker_logs(log, since=10_000, logs_dir=tmp_path / "absent") == 0
+
+
 def test_the_demo_terminal_has_no_dependency_warnings(tmp_path: Path) -> None:
     """A real (tiny) `fl-server demo`: about a minute on two cores."""
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr-home"))
@@ -52,7 +69,7 @@ def test_the_demo_terminal_has_no_dependency_warnings(tmp_path: Path) -> None:
     terminal = proc.stdout + proc.stderr
     assert proc.returncode == 0, terminal[-3000:]
     assert "ingest per site" in terminal and "demo finished" in terminal  # the project's own output
-    for noise in ("DEPRECATED FEATURE", "FutureWarning", "warnings.warn("):
+    for noise in ("DEPRECATED FEATURE", "FutureWarning", "warnings.warn(", "UserWarning", "(ClientAppActor", "nvImageCodec"):
         assert noise not in terminal, terminal
     log = (out / "run" / DEMO_LOG).read_text()
     assert "DEPRECATED FEATURE" in log  # kept, not lost
