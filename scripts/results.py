@@ -154,7 +154,7 @@ def _write_datalist(dl: Any, entries: list[Any], folder: Path) -> None:
     (folder / "datalist.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
-def test_fold(entries: list[Any], fold: int) -> tuple[list[Any], list[Any]]:
+def held_out_fold(entries: list[Any], fold: int) -> tuple[list[Any], list[Any]]:
     """(the rest, fold ``fold`` of N_FOLDS): folds stratified by label, fixed by TEST_SEED, each patient in one."""
     rng = np.random.default_rng(TEST_SEED)
     test: set[str] = set()
@@ -181,7 +181,7 @@ def prepare_sites(sites_dir: Path, spec_json: dict[str, Any], fold: int) -> list
         if not (full_dir / "datalist.json").exists():
             _write_datalist(load_datalist(export), list(load_datalist(export).entries), full_dir)
         full = load_datalist(full_dir)
-        rest, test = test_fold(list(full.entries), fold)
+        rest, test = held_out_fold(list(full.entries), fold)
         _write_datalist(full, rest, export)  # the federation's clients read this one
         truth = _truth(cfg_path.parent, site)
         for e in full.entries:

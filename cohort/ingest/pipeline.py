@@ -391,7 +391,7 @@ class IngestRun:
                         seen_digests.setdefault(item.key, item.rel)
                     self._account(entry, patient_ids)
             t_convert = time.perf_counter()
-            self._derive(pool, local)
+            self._derive(pool)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -492,7 +492,7 @@ class IngestRun:
         extra = {"key": item.key} if item.linked_by_name else {}
         return {**base, **extra, **warned, "outcome": OUTCOME_CONVERTED, "objects": objects, "rejected": rejected}
 
-    def _derive(self, pool: ProcessPoolExecutor | None, local: _ConversionWorker | None) -> None:
+    def _derive(self, pool: ProcessPoolExecutor | None) -> None:
         """Measurement SRs of the SEGs this run's inputs stored (cohort/ingest/derive.py), by the
         conversion workers: outputs, not inputs, so they add to objects_written and
         objects_by_sop_class but never to ``inputs``."""
@@ -501,17 +501,15 @@ class IngestRun:
         paths = self.store.sop_paths()
         segs = [(uid, rel) for uid, rel in self._seg_inputs.items() if uid in paths]
 
-        def mapper(todo: list[Path]) -> Iterator[tuple[DerivedObject | None, str | None]]:
-            if pool is None or len(todo) < 2:
-                assert local is not None or pool is not None
-                worker = local or _ConversionWorker(self.raw_dir, self.store.root, self.site, self.converters)
-                return (worker.derive(p) for p in todo)
+        def pooled(todo: list[Path]) -> Iterator[tuple[DerivedObject | None, str | None]]:
+            assert pool is not None
             size = max(1, min(_MAX_BATCH, len(todo) // (self.workers * 4) or 1))
             batches = [[str(p) for p in todo[i:i + size]] for i in range(0, len(todo), size)]
             return (outcome for batch in pool.map(_derive_batch, batches) for outcome in batch)
 
         self.progress("deriving measurements", 0, len(segs))
-        result = derive_measurements(self.store, [paths[uid] for uid, _ in segs], mapper)
+        # Without a pool (a small run) derive_measurements derives in this process.
+        result = derive_measurements(self.store, [paths[uid] for uid, _ in segs], pooled if pool else None)
         self.progress("deriving measurements", len(segs), len(segs))
         by_seg = dict(segs)
         r = self.report
