@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, MutableSequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -29,6 +30,7 @@ from highdicom._standard_utils import (  # the standard's tables; highdicom has 
     get_sop_class_iod_map,
 )
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
@@ -174,6 +176,28 @@ def _is_empty(value: object) -> bool:
     return hasattr(value, "__len__") and len(value) == 0  # type: ignore[arg-type]
 
 
+# VRs whose value, when it has any bytes, is never empty once decoded (numbers, binary, tags).
+_BINARY_VRS = frozenset({"AT", "FD", "FL", "OB", "OD", "OF", "OL", "OV", "OW", "SL", "SS", "SV", "UL", "UN", "US",
+                         "UV"})
+
+
+def _element_is_empty(item: Dataset, tag: BaseTag) -> bool:
+    """Whether the element's decoded value is empty, decoding it only when its bytes leave a doubt.
+
+    An undecoded element stays undecoded (and is written back byte for byte): no bytes is empty;
+    binary values and text with anything but padding are not.
+    """
+    elem = item.get_item(tag)
+    if isinstance(elem, RawDataElement) and elem.VR != "SQ":
+        value = elem.value
+        if not value:
+            return True
+        if elem.VR in _BINARY_VRS or value.strip(b" \x00"):
+            return False
+        return _is_empty(convert_raw_data_element(elem, encoding=item._character_set, ds=item).value)
+    return _is_empty(item[tag].value)
+
+
 def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
     """Type 1 and type 2 attributes the object's SOP class requires and the object lacks.
 
@@ -185,22 +209,69 @@ def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
     present = [m for m, markers in optional.items() if any(t in top for t in markers)]
     out: list[MissingAttribute] = []
     for path, reqs in _strictest(tuple(mandatory + present)).items():
-        items = list(_items(ds, _path_tags(path)))
+        items = [(item, item.keys()) for item in _items(ds, _path_tags(path))]
         for req in reqs:
-            for item in items:
-                if req.tag not in item.keys():
+            for item, keys in items:
+                if req.tag not in keys:
                     out.append(MissingAttribute(req.keyword, req.type, req.module, path, empty=False))
                     break
-                if req.type == "1" and _is_empty(item[req.tag].value):
+                if req.type == "1" and _element_is_empty(item, req.tag):
                     out.append(MissingAttribute(req.keyword, req.type, req.module, path, empty=True))
                     break
     return out
 
 
+# Warnings that decoding a value raised, by what decides them: tag, VR, bytes, character set and
+# encoding. A CT series repeats most values on every slice; those are decoded once per process.
+_DecodeKey = tuple[int, str, bytes, object, bool, bool]
+_DECODE_WARNINGS: dict[_DecodeKey, tuple[warnings.WarningMessage, ...]] = {}
+_MEMO_VALUE_BYTES = 256  # longer values (pixels, waveforms, long text) are decoded every time
+_MEMO_ENTRIES = 200_000
+
+
 def decode_all(ds: Dataset) -> None:
-    """Decode every element once, so that reading problems (invalid values) surface now as warnings."""
-    for _elem in ds.iterall():
-        pass
+    """Decode every element's value once, so that reading problems (invalid values) surface now as warnings.
+
+    Decoding works on copies: the data set keeps its undecoded elements, so that what no later step
+    touches is written back byte for byte (``cohort.dicom.part10.encode_part10``). A value seen
+    before (same tag, VR, bytes, character set and encoding) replays the warnings it raised then.
+    """
+    _decode_items(ds, ds._character_set)
+
+
+def _decode_items(ds: Dataset, charset: str | MutableSequence[str]) -> None:
+    for elem in ds.elements():
+        if isinstance(elem, DataElement):
+            if elem.VR == "SQ":
+                for item in elem.value or []:
+                    _decode_items(item, item._character_set)
+            continue
+        key = _decode_key(elem, charset)
+        found = _DECODE_WARNINGS.get(key) if key is not None else None
+        if found is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                decoded = convert_raw_data_element(elem, encoding=charset, ds=ds)
+            found = tuple(caught)
+            if key is not None:
+                if len(_DECODE_WARNINGS) >= _MEMO_ENTRIES:
+                    _DECODE_WARNINGS.clear()
+                _DECODE_WARNINGS[key] = found
+            if decoded.VR == "SQ":
+                for item in decoded.value or []:
+                    _decode_items(item, item._character_set)
+        for w in found:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _decode_key(elem: RawDataElement, charset: str | MutableSequence[str]) -> _DecodeKey | None:
+    """The memo key of a short public element whose VR the file states, else None (decode it)."""
+    value, vr = elem.value, elem.VR
+    if vr is None or vr == "SQ" or elem.tag.is_private or not isinstance(value, bytes) \
+            or len(value) > _MEMO_VALUE_BYTES:
+        return None
+    chars = charset if isinstance(charset, str) else tuple(charset)
+    return (int(elem.tag), vr, value, chars, elem.is_implicit_VR, elem.is_little_endian)
 
 
 def sop_class_name(uid: str) -> str:

@@ -1,16 +1,129 @@
-"""What every object this project writes shares: Part 10 file meta and DICOM date/time strings.
+"""What every object this project writes shares: Part 10 encoding, file meta and DICOM date/time strings.
 
 Dates and times come from the sources (never the wall clock), so a converted object is reproducible.
 """
 
 from __future__ import annotations
 
+import io
+import struct
 from datetime import datetime
 
-from pydicom.dataset import FileMetaDataset
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-__all__ = ["file_meta_for", "format_da", "format_dt", "format_tm"]
+__all__ = ["encode_part10", "file_meta_for", "format_da", "format_dt", "format_tm", "restore_as_read", "undecoded"]
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+_SOP_CLASS, _SOP_INSTANCE, _CHARACTER_SET = 0x00080016, 0x00080018, 0x00080005
+_SHORT_HEADER = struct.Struct("<HH2sH")  # explicit VR: tag, VR, 16-bit length
+_LONG_HEADER = struct.Struct("<HH2s2xL")  # explicit VR with a 32-bit length (OB, OW, SQ, UN, UT, ...)
+_IMPLICIT_HEADER = struct.Struct("<HHL")
+_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+
+
+def undecoded(ds: Dataset) -> dict[BaseTag, RawDataElement]:
+    """The top-level elements of a data set just read that pydicom has not decoded yet, by tag."""
+    return {tag: elem for tag in ds.keys() if isinstance(elem := ds.get_item(tag, keep_deferred=True), RawDataElement)}
+
+
+def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement]) -> None:
+    """Put back the undecoded form of each element that was only read since ``as_read`` was taken.
+
+    Call it after checks that read values and before any change: an element kept undecoded is written
+    back as the bytes it came with (``encode_part10``). Not restored, so that pydicom re-encodes them
+    as before: values of odd length, VR UN (pydicom replaces it with the dictionary's VR) and private
+    elements (pydicom decodes those when they are set).
+    """
+    for tag, raw in as_read.items():
+        if tag in ds and not isinstance(ds.get_item(tag, keep_deferred=True), RawDataElement) \
+                and raw.VR != "UN" and not tag.is_private and raw.value is not None \
+                and (raw.length == _UNDEFINED_LENGTH or raw.length % 2 == 0):
+            ds[tag] = raw
+
+
+def _decoded(ds: Dataset, tag: int) -> object:
+    """The element's value, decoding a copy: the data set keeps the element undecoded."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds).value
+    return elem.value
+
+
+def encode_part10(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file: the bytes ``ds.save_as(f, enforce_file_format=True)`` writes.
+
+    Elements still undecoded since they were read (pydicom's raw elements) are copied byte for byte
+    with a header built here, instead of passing each through pydicom's general element writer; that
+    is most of a pass-through image (a CT slice keeps all but its patient module). Every other case
+    (a data set built in memory, a change of transfer syntax or character set, deflate, big endian,
+    an element that needs pydicom's special handling) is written by pydicom itself. The two paths
+    give the same bytes: ``tests/test_part10_encoding.py`` compares them object by object.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    fast = (syntax is not None and not syntax.is_private and syntax.is_transfer_syntax
+            and syntax.is_little_endian and not syntax.is_deflated
+            and ds.original_encoding == (syntax.is_implicit_VR, True)
+            and ds.original_character_set == ds._character_set
+            and not any(tag.group in (0x0000, 0x0002) for tag in ds.keys())
+            and len(getattr(ds, "preamble", None) or b"\x00" * 128) == 128)
+    if not fast:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+    assert meta is not None and syntax is not None
+    # What dcmwrite does before the data set: its own copy of the file meta, the SOP identity there
+    # taken from the data set, Pixel Data's length form from the transfer syntax.
+    meta = FileMetaDataset(meta)
+    ds_class, ds_instance = _decoded(ds, _SOP_CLASS), _decoded(ds, _SOP_INSTANCE)
+    meta_class, meta_instance = meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
+    if meta_class is None or (ds_class and ds_class != meta_class):
+        meta.MediaStorageSOPClassUID = ds_class
+    if meta_instance is None or (ds_instance and ds_instance != meta_instance):
+        meta.MediaStorageSOPInstanceUID = ds_instance
+    pixels = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if pixels is not None and not (isinstance(pixels, RawDataElement) and not syntax.is_compressed
+                                   and pixels.length != _UNDEFINED_LENGTH):
+        ds[_PIXEL_DATA].is_undefined_length = syntax.is_compressed  # as dcmwrite does
+    fp = DicomBytesIO()
+    fp.is_implicit_VR, fp.is_little_endian = False, True
+    fp.write(getattr(ds, "preamble", None) or b"\x00" * 128)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    implicit = syntax.is_implicit_VR
+    fp.is_implicit_VR = implicit
+    encodings = _decoded(ds, _CHARACTER_SET) or "iso8859"
+    write = fp.write
+    for tag in sorted(ds.keys()):
+        if tag.element == 0 and tag.group > 6:
+            continue  # retired group lengths are not written (PS3.5 7.2)
+        elem = ds.get_item(tag)
+        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH:
+            value = elem.value
+            if implicit:
+                write(_IMPLICIT_HEADER.pack(tag >> 16, tag & 0xFFFF, len(value)))
+                write(value)
+                continue
+            vr = elem.VR
+            if vr in _LONG_VRS:
+                write(_LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value)))
+                write(value)
+                continue
+            if vr is not None and len(vr) == 2 and len(value) <= 0xFFFF:
+                write(_SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value)))
+                write(value)
+                continue
+        write_data_element(fp, elem, encodings)
+    return fp.getvalue()
 
 
 def file_meta_for(sop_class_uid: str, sop_instance_uid: str) -> FileMetaDataset:

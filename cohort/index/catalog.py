@@ -133,8 +133,14 @@ def store_catalog(store: str | Path) -> dict[str, FieldInfo]:
     store's own (``STORE/templates``), as its index extracts them. Every entry point that reads a spec
     for a store (``cohort query`` and ``export``, the dashboard, the site's answer to a coordinator, the
     training export) validates with this catalog."""
+    return field_catalog(store_template_dirs(store))
+
+
+def store_template_dirs(store: str | Path) -> list[Path]:
+    """The store's own template config folder (``STORE/templates``) when it has one: what its index adds
+    to the built-in, package and environment configs."""
     own = Path(store) / STORE_TEMPLATE_DIR
-    return field_catalog([own] if own.is_dir() else [])
+    return [own] if own.is_dir() else []
 
 
 def field_catalog(extra_dirs: Iterable[str | Path] = ()) -> dict[str, FieldInfo]:

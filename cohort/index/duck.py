@@ -12,7 +12,7 @@ the last sort, so DuckDB's zone maps let a query read only the row groups of the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,10 +241,12 @@ class DuckIndex:
     # --- writing --------------------------------------------------------------------------------
 
     def add_files(self, paths: Iterable[str | Path], progress: Progress | None = None, *,
-                  workers: int = 1) -> AddReport:
+                  workers: int = 1, extracted: Mapping[str, Extracted] | None = None) -> AddReport:
         """Index DICOM files; unchanged files (same path and mtime) and known SOP instances are skipped.
 
         ``workers`` > 1 reads files in that many processes (reading DICOM is the slow part).
+        ``extracted`` holds rows already extracted by whoever wrote the files (ingest), by path: those
+        files are not read, except an image whose record is ``identity_only`` and whose series is new.
         """
         files = [Path(p) for p in paths]
         report = AddReport()
@@ -263,8 +265,10 @@ class DuckIndex:
         todo = [p for p in files if str(p) not in known]
         report.unchanged = len(files) - len(todo)
         done = report.unchanged
-        for path, ex, error in _extract_many(todo, self.template_dirs, workers):
+        for path, ex, error in _records(todo, self.template_dirs, workers, extracted or {}):
             key = str(path)
+            if ex is not None and ex.identity_only and ex.series_uid not in series:
+                ex, error = _extract_one((key, tuple(str(d) for d in self.template_dirs)))
             if ex is None:
                 report.failed.append((key, f"not a readable DICOM file: {error}"))
             elif ex.sop_uid in sops:
@@ -517,22 +521,49 @@ def _changed(cursor: duckdb.DuckDBPyConnection) -> int:
 
 def _extract_one(args: tuple[str, tuple[str, ...]]) -> tuple[Extracted | None, str | None]:
     path, dirs = args
+    return _extract_with(path, load_templates(dirs))
+
+
+def _extract_with(path: str, templates: dict[str, TemplateConfig]) -> tuple[Extracted | None, str | None]:
     try:
-        return extract_file(path, load_templates(dirs)), None
+        return extract_file(path, templates), None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
         return None, str(exc)
 
 
+def _extract_chunk(args: tuple[list[str], tuple[str, ...]]) -> list[tuple[Extracted | None, str | None]]:
+    paths, dirs = args
+    templates = load_templates(dirs)  # once per chunk: it checks every config file's mtime
+    return [_extract_with(p, templates) for p in paths]
+
+
+_CHUNK = 32
+
+
+def _records(paths: list[Path], dirs: tuple[str | Path, ...], workers: int, extracted: Mapping[str, Extracted]
+             ) -> Iterator[tuple[Path, Extracted | None, str | None]]:
+    """Each file's rows, in the order of ``paths``: from ``extracted`` where given, else read."""
+    read = _extract_many([p for p in paths if str(p) not in extracted], dirs, workers)
+    for path in paths:
+        known = extracted.get(str(path))
+        yield (path, known, None) if known is not None else next(read)
+
+
 def _extract_many(paths: list[Path], dirs: tuple[str | Path, ...], workers: int
                   ) -> Iterator[tuple[Path, Extracted | None, str | None]]:
-    args = [(str(p), tuple(str(d) for d in dirs)) for p in paths]
+    names = tuple(str(d) for d in dirs)
+    chunks = [([str(p) for p in paths[i:i + _CHUNK]], names) for i in range(0, len(paths), _CHUNK)]
     if workers <= 1 or len(paths) < 64:
-        results: Iterable[tuple[Extracted | None, str | None]] = map(_extract_one, args)
-        yield from ((p, *r) for p, r in zip(paths, results, strict=True))
+        yield from _paired(paths, map(_extract_chunk, chunks))
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=worker_context()) as pool:
-        for p, r in zip(paths, pool.map(_extract_one, args, chunksize=32), strict=True):
-            yield (p, *r)
+        yield from _paired(paths, pool.map(_extract_chunk, chunks))
+
+
+def _paired(paths: list[Path], chunks: Iterable[list[tuple[Extracted | None, str | None]]]
+            ) -> Iterator[tuple[Path, Extracted | None, str | None]]:
+    found = (r for chunk in chunks for r in chunk)
+    return ((p, *r) for p, r in zip(paths, found, strict=True))
 
 
 def _queue_entity(batch: _Batch, eid: int, ex: Extracted, path: str) -> None:

@@ -7,6 +7,7 @@ fields. Every concept path seen is also counted, so ``unindexed_items`` can show
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class Extracted:
     segments: list[SegmentRow] = field(default_factory=list)
     refs: list[RefRow] = field(default_factory=list)
     concepts: list[tuple[str, str, int]] = field(default_factory=list)
+    identity_only: bool = False  # an image's identity without its series rows (see ``extract_encoded``)
 
     @property
     def per_series(self) -> bool:
@@ -92,6 +94,24 @@ def kind_of(ds: Dataset) -> str:
 def extract_file(path: str | Path, templates: dict[str, TemplateConfig]) -> Extracted:
     """Rows for the DICOM file at ``path``."""
     return extract_dataset(read_dataset(path), templates)
+
+
+def extract_encoded(ds: Dataset, encoded: bytes, templates: dict[str, TemplateConfig]) -> Extracted:
+    """Rows for an object that ingest has just encoded as ``encoded`` from ``ds``, without reading its file.
+
+    Everything but an image is extracted from ``encoded``, exactly as the index would read it from the
+    file. An image adds its instance to its series, whose rows come from whichever file of the series
+    the index meets first: for an image only the identity is taken, from ``ds`` (``identity_only``),
+    and the index reads the file itself when the series is new to it.
+    """
+    kind = kind_of(ds)
+    if kind in IMAGE_KINDS:
+        return Extracted(
+            kind=kind, template=None, patient_id=str(ds.get("PatientID", "")),
+            study_uid=str(ds.get("StudyInstanceUID", "")), series_uid=str(ds.get("SeriesInstanceUID", "")),
+            sop_uid=str(ds.get("SOPInstanceUID", "")), sop_class_uid=str(ds.get("SOPClassUID", "")),
+            modality=str(ds.get("Modality", "")), entity_date=None, entity_datetime=None, identity_only=True)
+    return extract_dataset(pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True), templates)
 
 
 def extract_dataset(ds: Dataset, templates: dict[str, TemplateConfig]) -> Extracted:

@@ -35,7 +35,11 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, SegmentationStorage
 
+from cohort.dicom.part10 import encode_part10
 from cohort.errors import CohortError, ConfigError, InputError
+from cohort.index.catalog import store_template_dirs
+from cohort.index.extract import Extracted, extract_encoded
+from cohort.index.templates import load_templates
 from cohort.ingest.base import HEAD_BYTES, Converter, IngestContext, InputHead, first_match
 from cohort.ingest.patients import MappingPatientDirectory
 from cohort.ingest.report import (
@@ -93,6 +97,7 @@ class _Staged:
     patient_id: str
     temp: str
     target: str
+    record: Extracted  # its index rows, extracted while its bytes were at hand
 
 
 @dataclass
@@ -211,6 +216,7 @@ class _ConversionWorker:
         self.site = site
         self.converters = list(converters)
         self.patients = MappingPatientDirectory(site, raw_dir)
+        self.templates = load_templates(store_template_dirs(store_root))
         self._dirs: set[Path] = set()
         self._count = 0
 
@@ -257,11 +263,11 @@ class _ConversionWorker:
             self._dirs.add(target.parent)
         self._count += 1
         temp = target.parent / f"{TEMP_PREFIX}{os.getpid()}-{self._count}{_STAGED_SUFFIX}"
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
+        encoded = encode_part10(ds)
         with open(temp, "wb") as fh:
-            fh.write(buffer.getbuffer())
-        return _Staged(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.PatientID), str(temp), str(target))
+            fh.write(encoded)
+        return _Staged(str(ds.SOPInstanceUID), str(ds.SOPClassUID), str(ds.PatientID), str(temp), str(target),
+                       extract_encoded(ds, encoded, self.templates))
 
 
 _DEVELOPER_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ResourceWarning)
@@ -345,6 +351,7 @@ class IngestRun:
         self.journal = Journal(store.state_dir / "journal.jsonl")
         self.report = IngestReport(site_id=site.site_id, raw_dir=str(raw_dir), store=str(store.root))
         self.written: list[Path] = []
+        self.records: dict[str, Extracted] = {}  # index rows of the objects written, by path
         self._seg_inputs: dict[str, str] = {}  # SOP Instance UID of each SEG accounted -> its input
 
     def run(self) -> IngestReport:
@@ -484,6 +491,7 @@ class IngestRun:
             os.replace(obj.temp, target)
             self.store.sop_paths()[obj.sop_uid] = target
             self.written.append(target)
+            self.records[str(target)] = obj.record
             objects.append({"sop_uid": obj.sop_uid, "sop_class": obj.sop_class, "patient_id": obj.patient_id})
         rejected = []
         for k, (where, why, content) in enumerate(converted.rejected):

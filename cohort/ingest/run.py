@@ -36,7 +36,8 @@ def ingest_folder(raw_dir: Path, store_dir: Path, site: SiteConfig, *, progress:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with update_index(store.root) as idx:  # readers see the old or the new index, never a mix
-                added = idx.add_files(list(store.files()), progress=index_progress, workers=run.workers)
+                added = idx.add_files(list(store.files()), progress=index_progress, workers=run.workers,
+                                      extracted=run.records)
                 idx.optimize()  # re-sorts for fast queries once enough rows were appended
         known = {w.message for w in report.warnings}
         for found in library_warnings(caught):

@@ -44,6 +44,7 @@ from cohort.dicom.conformance import (
     missing_attributes,
     sop_class_name,
 )
+from cohort.dicom.part10 import restore_as_read, undecoded
 from cohort.dicom.patient import IDENTIFYING_ATTRIBUTES, apply_patient
 from cohort.dicom.sop_classes import RESTING_ECG_SOP_CLASSES
 from cohort.errors import InputError
@@ -237,6 +238,7 @@ class DicomObjectConverter(Converter):
 
     def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
         ds = read_dicom(path)
+        as_read = undecoded(ds)
         if str(ds.get("SOPClassUID", "")) == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
             raise InputError("this is a DICOMDIR (media index), not a storage object; the objects it lists "
                              "are converted from their own files - remove it from the export folder",
@@ -249,6 +251,8 @@ class DicomObjectConverter(Converter):
                              "recognise this file; check that it has a valid file meta group",
                              path=str(path), field="SOPClassUID")
         patient = ctx.patients.resolve("pacs_id", str(ds.PatientID), path=path, field="PatientID")
+        present = [k for k in IDENTIFYING_ATTRIBUTES if k in ds and ds[k].VR != "SQ"]
+        restore_as_read(ds, as_read)  # the checks above only read: what is not changed below keeps its bytes
         try:
             ds.file_meta = rebuilt_file_meta(ds)
         except InputError as exc:
@@ -257,7 +261,6 @@ class DicomObjectConverter(Converter):
         for tag in [t for t in ds.keys() if t.group == 0x0002]:
             del ds[tag]
         ds.preamble = None  # the preamble may carry anything (e.g. a TIFF header); write zeros
-        present = [k for k in IDENTIFYING_ATTRIBUTES if k in ds and ds[k].VR != "SQ"]
         apply_patient(ds, patient)
         # apply_patient deletes these; some IODs make them type 2 (e.g. Operators' Name in RT Series),
         # so keep them present with an empty value, which carries no identity either.
