@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import nibabel as nib
 import numpy as np
+import pydicom
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from pydicom.dataset import Dataset
@@ -26,7 +27,6 @@ from cohort.dicom.patient import PatientRef, apply_patient
 from cohort.dicom.seg import build_segmentation
 from cohort.errors import InputError, MissingReferenceError
 from cohort.ingest.base import STAGE_ANNOTATIONS, ConversionResult, Converter, IngestContext, InputHead
-from cohort.ingest.converters.dicom_objects import read_dicom
 from cohort.siteconfig import IdKind, SegmentationSource, SiteConfig
 
 __all__ = ["NiftiSegmentationConverter", "CtGrid", "ct_grid", "nifti_to_grid"]
@@ -189,7 +189,8 @@ class NiftiSegmentationConverter(Converter):
                 path=str(path), field="CT series")
         tried = []
         for series in candidates:
-            datasets = [read_dicom(f, stop_before_pixels=True) for f in series.files]
+            # The store's own files, checked when they were ingested: read the headers only.
+            datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
             try:
                 grid = ct_grid(series.series_uid, datasets)
             except (ValueError, AttributeError, TypeError) as exc:
