@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import io
 import struct
+from copy import deepcopy
 from datetime import datetime
 
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
@@ -21,7 +22,6 @@ __all__ = ["encode_part10", "file_meta_for", "format_da", "format_dt", "format_t
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
-_SOP_CLASS, _SOP_INSTANCE, _CHARACTER_SET = 0x00080016, 0x00080018, 0x00080005
 _SHORT_HEADER = struct.Struct("<HH2sH")  # explicit VR: tag, VR, 16-bit length
 _LONG_HEADER = struct.Struct("<HH2s2xL")  # explicit VR with a 32-bit length (OB, OW, SQ, UN, UT, ...)
 _IMPLICIT_HEADER = struct.Struct("<HHL")
@@ -46,16 +46,6 @@ def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement]) -> None
                 and raw.VR != "UN" and not tag.is_private and raw.value is not None \
                 and (raw.length == _UNDEFINED_LENGTH or raw.length % 2 == 0):
             ds[tag] = raw
-
-
-def _decoded(ds: Dataset, tag: int) -> object:
-    """The element's value, decoding a copy: the data set keeps the element undecoded."""
-    elem = ds.get_item(tag)
-    if elem is None:
-        return None
-    if isinstance(elem, RawDataElement):
-        return convert_raw_data_element(elem, encoding=ds._character_set, ds=ds).value
-    return elem.value
 
 
 def encode_part10(ds: Dataset) -> bytes:
@@ -83,8 +73,8 @@ def encode_part10(ds: Dataset) -> bytes:
     assert meta is not None and syntax is not None
     # What dcmwrite does before the data set: its own copy of the file meta, the SOP identity there
     # taken from the data set, Pixel Data's length form from the transfer syntax.
-    meta = FileMetaDataset(meta)
-    ds_class, ds_instance = _decoded(ds, _SOP_CLASS), _decoded(ds, _SOP_INSTANCE)
+    meta = deepcopy(meta)  # dcmwrite writes (and completes) a copy
+    ds_class, ds_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")  # decoded in place, as dcmwrite does
     meta_class, meta_instance = meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
     if meta_class is None or (ds_class and ds_class != meta_class):
         meta.MediaStorageSOPClassUID = ds_class
@@ -101,7 +91,7 @@ def encode_part10(ds: Dataset) -> bytes:
     write_file_meta_info(fp, meta, enforce_standard=True)
     implicit = syntax.is_implicit_VR
     fp.is_implicit_VR = implicit
-    encodings = _decoded(ds, _CHARACTER_SET) or "iso8859"
+    encodings = ds.get("SpecificCharacterSet", "iso8859")
     write = fp.write
     for tag in sorted(ds.keys()):
         if tag.element == 0 and tag.group > 6:
