@@ -100,12 +100,12 @@ def test_a_pass_through_object_keeps_the_bytes_of_the_old_fully_decoded_path() -
 
 
 def _invalid_is_dataset(instance: str) -> Dataset:
-    ds = Dataset()
-    ds.SOPInstanceUID = instance
-    ds.InstanceNumber = "1.5"  # IS must be an integer string
     raw = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on writing it too
+        warnings.simplefilter("ignore")  # pydicom warns on setting and writing it too
+        ds = Dataset()
+        ds.SOPInstanceUID = instance
+        ds.InstanceNumber = "1.5"  # IS must be an integer string
         ds.save_as(raw, implicit_vr=False, little_endian=True)
     return pydicom.dcmread(io.BytesIO(raw.getvalue()), force=True)
 
