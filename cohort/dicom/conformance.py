@@ -204,11 +204,8 @@ def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
     Empty for SOP classes the tables do not know (private or retired ones). Each requirement is
     reported once, for the first item of a sequence that lacks it.
     """
-    mandatory, optional = _requirements(str(ds.get("SOPClassUID", "")))
-    top = ds.keys()
-    present = [m for m, markers in optional.items() if any(t in top for t in markers)]
     out: list[MissingAttribute] = []
-    for path, reqs in _strictest(tuple(mandatory + present)).items():
+    for path, reqs in _checks(str(ds.get("SOPClassUID", "")), frozenset(ds.keys())):
         items = [(item, item.keys()) for item in _items(ds, _path_tags(path))]
         for req in reqs:
             for item, keys in items:
@@ -219,6 +216,17 @@ def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
                     out.append(MissingAttribute(req.keyword, req.type, req.module, path, empty=True))
                     break
     return out
+
+
+@lru_cache(maxsize=1024)
+def _checks(sop_class: str, top: frozenset[BaseTag]) -> tuple[tuple[tuple[str, ...], tuple[_Requirement, ...]], ...]:
+    """What to look at, by sequence path, for an object of ``sop_class`` with top-level tags ``top``:
+    the requirements of its mandatory modules and of the optional ones it carries, except top-level
+    type 2 ones it has (present is all they ask). A series repeats its tags: one computation per series."""
+    mandatory, optional = _requirements(sop_class)
+    present = [m for m, markers in optional.items() if not markers.isdisjoint(top)]
+    return tuple((path, tuple(r for r in reqs if path or r.type == "1" or r.tag not in top))
+                 for path, reqs in _strictest(tuple(mandatory + present)).items())
 
 
 # Warnings that decoding a value raised, by what decides them: tag, VR, bytes, character set and

@@ -10,12 +10,13 @@ import struct
 from copy import deepcopy
 from datetime import datetime
 
+from pydicom import __version_info__
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 __all__ = ["encode_part10", "file_meta_for", "format_da", "format_dt", "format_tm", "restore_as_read", "undecoded"]
@@ -48,6 +49,64 @@ def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement]) -> None
             ds[tag] = raw
 
 
+def _synced_meta(meta: FileMetaDataset, ds_class: object, ds_instance: object) -> FileMetaDataset:
+    """dcmwrite's copy of the file meta, with the SOP class and instance taken from the data set."""
+    meta = deepcopy(meta)
+    meta_class, meta_instance = meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
+    if meta_class is None or (ds_class and ds_class != meta_class):
+        meta.MediaStorageSOPClassUID = ds_class
+    if meta_instance is None or (ds_instance and ds_instance != meta_instance):
+        meta.MediaStorageSOPInstanceUID = ds_instance
+    return meta
+
+
+_GROUP_LENGTH, _VERSION, _SOP_CLASS, _SOP_INSTANCE = 0x00020000, 0x00020001, 0x00020002, 0x00020003
+_TRANSFER_SYNTAX, _IMPLEMENTATION_UID, _IMPLEMENTATION_NAME = 0x00020010, 0x00020012, 0x00020013
+_TEXT_PADDING = {"UI": b"\x00", "SH": b" ", "AE": b" "}
+
+
+def _file_meta_bytes(meta: FileMetaDataset, ds_class: object, ds_instance: object) -> bytes | None:
+    """The file meta group exactly as ``write_file_meta_info(enforce_standard=True)`` writes dcmwrite's
+    copy, for the usual elements (text UIDs and names, OB version, UL lengths); None for anything else,
+    which pydicom then writes."""
+    values: dict[int, tuple[str, object]] = {}
+    for tag in meta.keys():
+        elem = meta.get_item(tag)
+        if isinstance(elem, RawDataElement) or elem.VR not in ("UI", "SH", "AE", "OB", "UL"):
+            return None
+        values[int(tag)] = (elem.VR, elem.value)
+    if _SOP_CLASS not in values or (ds_class and ds_class != values[_SOP_CLASS][1]):
+        values[_SOP_CLASS] = ("UI", ds_class)
+    if _SOP_INSTANCE not in values or (ds_instance and ds_instance != values[_SOP_INSTANCE][1]):
+        values[_SOP_INSTANCE] = ("UI", ds_instance)
+    # What validate_file_meta adds to a meta group that lacks it.
+    if not values.get(_VERSION, ("OB", None))[1]:
+        values[_VERSION] = ("OB", b"\x00\x01")
+    if not values.get(_IMPLEMENTATION_UID, ("UI", None))[1]:
+        values[_IMPLEMENTATION_UID] = ("UI", PYDICOM_IMPLEMENTATION_UID)
+    if _IMPLEMENTATION_NAME not in values:
+        values[_IMPLEMENTATION_NAME] = ("SH", f"PYDICOM {'.'.join(__version_info__)}")
+    body = bytearray()
+    for tag in sorted(values):
+        if tag == _GROUP_LENGTH:
+            continue
+        vr, value = values[tag]
+        if vr == "OB" and isinstance(value, bytes):
+            data = value + b"\x00" * (len(value) % 2)
+            body += _LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, b"OB", len(data)) + data
+            continue
+        if vr == "UL" and isinstance(value, int) and not isinstance(value, bool):
+            body += _SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, b"UL", 4) + struct.pack("<L", value)
+            continue
+        if vr not in _TEXT_PADDING or not isinstance(value, str) or not value or not value.isascii() \
+                or "\\" in value:
+            return None  # empty required values, text beyond ASCII, several values: pydicom's business
+        data = value.encode("ascii")
+        data += _TEXT_PADDING[vr] * (len(data) % 2)
+        body += _SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data
+    return _SHORT_HEADER.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", len(body)) + bytes(body)
+
+
 def encode_part10(ds: Dataset) -> bytes:
     """``ds`` as a DICOM Part 10 file: the bytes ``ds.save_as(f, enforce_file_format=True)`` writes.
 
@@ -73,13 +132,8 @@ def encode_part10(ds: Dataset) -> bytes:
     assert meta is not None and syntax is not None
     # What dcmwrite does before the data set: its own copy of the file meta, the SOP identity there
     # taken from the data set, Pixel Data's length form from the transfer syntax.
-    meta = deepcopy(meta)  # dcmwrite writes (and completes) a copy
     ds_class, ds_instance = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")  # decoded in place, as dcmwrite does
-    meta_class, meta_instance = meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
-    if meta_class is None or (ds_class and ds_class != meta_class):
-        meta.MediaStorageSOPClassUID = ds_class
-    if meta_instance is None or (ds_instance and ds_instance != meta_instance):
-        meta.MediaStorageSOPInstanceUID = ds_instance
+    meta_bytes = _file_meta_bytes(meta, ds_class, ds_instance)
     pixels = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     if pixels is not None and not (isinstance(pixels, RawDataElement) and not syntax.is_compressed
                                    and pixels.length != _UNDEFINED_LENGTH):
@@ -88,7 +142,10 @@ def encode_part10(ds: Dataset) -> bytes:
     fp.is_implicit_VR, fp.is_little_endian = False, True
     fp.write(getattr(ds, "preamble", None) or b"\x00" * 128)
     fp.write(b"DICM")
-    write_file_meta_info(fp, meta, enforce_standard=True)
+    if meta_bytes is not None:
+        fp.write(meta_bytes)
+    else:
+        write_file_meta_info(fp, _synced_meta(meta, ds_class, ds_instance), enforce_standard=True)
     implicit = syntax.is_implicit_VR
     fp.is_implicit_VR = implicit
     encodings = ds.get("SpecificCharacterSet", "iso8859")
