@@ -89,7 +89,7 @@ def _errors(replies: list[Message], expected: int) -> list[str]:
 def main(grid: Grid, context: Context) -> None:
     from fl_server.agreement import AgreementRule, agree
     from fl_server.config import compose_config
-    from fl_server.federation import _wait_for_nodes, initial_arrays, negotiate
+    from fl_server.federation import _wait_for_nodes, coordinator_spec, initial_arrays, negotiate
 
     rc = dict(context.run_config)
     expected = int(rc["expected-sites"])
@@ -107,9 +107,7 @@ def main(grid: Grid, context: Context) -> None:
     result["bare_round_s"] = bare
 
     cfg = compose_config(str(rc["cohort-name"]), str(rc.get("hydra-overrides", "")))
-    from cohort.spec.load import parse_spec
-
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    spec_json = coordinator_spec(cfg).to_dict()
     t0 = time.perf_counter()
     answers = negotiate(grid, nodes, spec_json, None, float(cfg["federation"]["query_timeout_s"]))
     result["negotiation_s"] = time.perf_counter() - t0

@@ -70,13 +70,12 @@ def timed_run(consortium_json: Path, n: int, repeats: int) -> dict[str, Any]:
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
 
-    from cohort.spec.load import parse_spec
     from fl_client.client_app import build_client_app
     from fl_server.config import compose_config
-    from fl_server.federation import _wait_for_nodes, negotiate
+    from fl_server.federation import _wait_for_nodes, coordinator_spec, negotiate
     from fl_server.secure_counts import SecureSettings, secure_totals
 
-    spec = parse_spec(compose_config()["cohort"]).to_dict()
+    spec = coordinator_spec(compose_config()).to_dict()
     out: dict[str, Any] = {"plain": [], "secure": [], "released": [], "contributors": []}
     app = ServerApp()
 

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.query import NESTED, SPECS, build, pct, timed  # noqa: E402
+from cohort.index.catalog import field_catalog  # noqa: E402
 from cohort.index.compile_duck import evaluate  # noqa: E402
 from cohort.index.duck import DuckIndex  # noqa: E402
 from cohort.index.opensearch_backend import OpenSearchBackend, documents_from_duck  # noqa: E402
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(http, no auth; the replica run still uses bundled nodes)")
     args = ap.parse_args(argv)
     names = list(SPECS) if args.specs == "all" else args.specs.split(",")
-    specs = {n: parse_text(SPECS[n]) for n in names}
+    catalog = field_catalog()  # the synthetic index has no store: the built-in fields
+    specs = {n: parse_text(SPECS[n], catalog=catalog) for n in names}
     console = Console(width=150)
     tmp = Path(tempfile.mkdtemp(prefix="opensearch-bench-"))
 

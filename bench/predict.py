@@ -55,17 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from cohort.siteconfig import load_site_config
-    from cohort.spec.load import parse_spec
     from fl_client.final_model import site_model_dir, store_final_model
     from fl_client.local import TrainingSettings
     from fl_client.predict import PREDICTIONS_DIR, predict_cohort
     from fl_server.config import compose_config
-    from fl_server.federation import initial_arrays
+    from fl_server.federation import coordinator_spec, initial_arrays
 
     console = Console()
     torch.set_num_threads(args.threads)
     cfg = compose_config(None, f"training.epochs=1 {CT_OVERRIDE}")
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    spec_json = coordinator_spec(cfg).to_dict()
     with console.status("synthesizing and ingesting the site (once), copying it for this run"):
         built = build_site(args.work, args.patients, args.seed)
         # Each run predicts on a fresh copy: an earlier run's SRs would make this one find them all stored.

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: the project and tests/ (baseline)
     sys.path.insert(0, str(ROOT))
 
+from cohort.index.catalog import field_catalog  # noqa: E402
 from cohort.index.compile_duck import evaluate  # noqa: E402
 from cohort.index.duck import DuckIndex  # noqa: E402
 from cohort.index.schema import KIND_BITS  # noqa: E402
@@ -466,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     console = Console()
-    specs: dict[str, CohortSpec] = {name: parse_text(text) for name, text in SPECS.items()}
+    catalog = field_catalog()  # the synthetic index has no store: the built-in fields
+    specs: dict[str, CohortSpec] = {name: parse_text(text, catalog=catalog) for name, text in SPECS.items()}
     tmp = tempfile.TemporaryDirectory(prefix="query-bench-")
     db_dir = args.db_dir or Path(tmp.name)
     db_dir.mkdir(parents=True, exist_ok=True)

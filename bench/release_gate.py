@@ -50,10 +50,10 @@ def build_site(data: Path, patients: int, seed: int) -> Path:
 
 
 def specs(n: int) -> list[dict[str, Any]]:
-    from cohort.spec.load import parse_spec
     from fl_server.config import compose_config
+    from fl_server.federation import coordinator_spec
 
-    base = parse_spec(compose_config()["cohort"]).to_dict()
+    base = coordinator_spec(compose_config()).to_dict()
     out = []
     for i in range(n):
         s = copy.deepcopy(base)

@@ -128,18 +128,17 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from cohort.spec.load import parse_spec
     from fl_client.data import CACHE_DIR
     from fl_client.local import TrainingSettings, export_dir
     from fl_server.config import compose_config
-    from fl_server.federation import initial_arrays
+    from fl_server.federation import coordinator_spec, initial_arrays
 
     console = Console()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     overrides = (f"training.epochs={args.epochs} "
                  "'cohort.objects.ct.where=[{field:slice_thickness,op:\"<=\",value:1.5,unit:mm}]'")
     cfg = compose_config(None, overrides)
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    spec_json = coordinator_spec(cfg).to_dict()
     with console.status("synthesizing and ingesting the site (once)"):
         site = build_site(args.work, args.patients, args.seed)
         export = export_dir(site, spec_json, SUBSET)

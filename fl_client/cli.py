@@ -280,10 +280,11 @@ def predict(
     import json
 
     from cohort.cli.progress import progress_callback
+    from cohort.index.catalog import store_catalog
     from cohort.spec.load import load_spec
     from fl_client.predict import predict_cohort
 
-    cohort_spec = load_spec(spec) if spec is not None else None
+    cohort_spec = load_spec(spec, catalog=store_catalog(store)) if spec is not None else None
     with progress_callback(not json_out) as progress:
         report = predict_cohort(store, digest=model, spec=cohort_spec, subset=subset, push_dicomweb=push_dicomweb,
                                 progress=progress)

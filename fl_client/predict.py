@@ -42,6 +42,7 @@ from cohort.dicom.prediction_sr import (
 from cohort.errors import ConfigError, InputError
 from cohort.export import cohort_hash, export_cohort, export_key
 from cohort.export.selection import ModelInput, PatientSelection, select_patients
+from cohort.index.catalog import store_catalog
 from cohort.index.compile_duck import materialized
 from cohort.index.duck import DuckIndex
 from cohort.spec.load import parse_spec
@@ -365,13 +366,16 @@ def predict_cohort(store: str | Path, *, digest: str | None = None, spec: Cohort
                    progress: ProgressCallback | None = None) -> PredictReport:
     """Score every patient of the cohort (default: the model's spec, whole cohort) and store one SR each.
 
+    The model's own spec is read with the store's field catalog (``store_catalog``), as every entry
+    point for a store reads a spec.
+
     Patients without an array input (CT, ECG) that every training patient had are skipped, with the
     reason in the report. With ``push_dicomweb`` the run's documents (new and existing) are sent to that
     PACS by STOW-RS (``cohort.ingest.dicomweb.push_to_dicomweb``); nothing else leaves the site.
     """
     root = Path(store)
     model = load_model(root, digest)
-    spec = spec if spec is not None else parse_spec(model.spec_json)
+    spec = spec if spec is not None else parse_spec(model.spec_json, catalog=store_catalog(root))
     report = PredictReport(model.digest, spec.name, subset)
     t0 = time.perf_counter()
     training = training_data(root, model)

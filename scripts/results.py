@@ -393,15 +393,14 @@ def base_overrides(preset: Preset, extra: str = "") -> str:
 def one_split(preset: Preset, data_seed: int, fold: int, work: Path, other: dict[str, Any],
               extra: str = "") -> dict[str, Any]:
     """Test predictions of every approach for every training seed, one consortium, one test fold."""
-    from cohort.spec.load import parse_spec
     from fl_client.normalization import NormStats
     from fl_server.config import compose_config
-    from fl_server.federation import initial_arrays
+    from fl_server.federation import coordinator_spec, initial_arrays
 
     t_start = time.time()
     base = base_overrides(preset, extra)
     cfg = compose_config(None, base)
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    spec_json = coordinator_spec(cfg).to_dict()
     sites_dir = build_consortium(work, list(preset.patients), data_seed)
     sites = prepare_sites(sites_dir, spec_json, fold)
     n = len(sites)

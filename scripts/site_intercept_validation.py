@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> None:
     import results as R
 
-    from cohort.spec.load import parse_spec
     from fl_client.evaluation import Predictions, brier_score
     from fl_client.normalization import NormStats
     from fl_client.train import roc_auc
     from fl_server.config import compose_config
+    from fl_server.federation import coordinator_spec
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(R.PRESETS), default="judge")
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     preset = R.PRESETS[args.preset]
     base = R.base_overrides(preset)
-    spec_json = parse_spec(compose_config(None, base)["cohort"]).to_dict()
+    spec_json = coordinator_spec(compose_config(None, base)).to_dict()
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
     for ds, fold in ((ds, fold) for ds in preset.data_seeds for fold in preset.folds):
         work = args.work / args.preset / f"data-{ds}"

@@ -21,6 +21,7 @@ import yaml
 from cohort.dashboard.api import ApiError, Dashboard
 from cohort.dashboard.server import make_server
 from cohort.dashboard.state import Action, DashboardState, apply_action, spec_to_state, state_to_spec
+from cohort.index.catalog import field_catalog
 from cohort.index.compile_duck import evaluate
 from cohort.index.duck import INDEX_FILE, DuckIndex
 from cohort.spec.load import load_spec, parse_spec
@@ -206,16 +207,16 @@ def test_loaded_spec_round_trips_and_keeps_what_the_page_does_not_edit(conf: Das
 
 
 def test_the_every_patient_cohort_is_no_filter_but_a_look_alike_term_is_kept() -> None:
-    present = [("CT", None), ("SR", "registry")]
-    empty, _ = state_to_spec(DashboardState(), present)
+    present, catalog = [("CT", None), ("SR", "registry")], field_catalog()
+    empty, _ = state_to_spec(DashboardState(), present, catalog=catalog)
     assert empty.cohort.any == ["any_ct", "any_sr_registry"]  # type: ignore[union-attr]
     assert spec_to_state(empty) == DashboardState()
     both = parse_spec({"objects": {"any_ct": {"kind": "CT"}, "any_sr_registry": {"kind": "SR", "template": "registry"},
                                    "seg": {"kind": "SEG"}},
-                       "cohort": {"all": ["seg", {"any": ["any_ct", "any_sr_registry"]}]}})
+                       "cohort": {"all": ["seg", {"any": ["any_ct", "any_sr_registry"]}]}}, catalog=catalog)
     state = spec_to_state(both)
     assert state.terms == [{"any": ["any_ct", "any_sr_registry"]}]
-    assert state_to_spec(state, present)[0] == both.model_copy(update={"name": "cohort"})
+    assert state_to_spec(state, present, catalog=catalog)[0] == both.model_copy(update={"name": "cohort"})
 
 
 def test_state_to_spec_prunes_references_to_removed_objects() -> None:
@@ -225,10 +226,10 @@ def test_state_to_spec_prunes_references_to_removed_objects() -> None:
                        "cohort": {"all": ["tavi", "ecg"]},
                        "label": {"object": "tavi", "field": "pacemaker_after_tavi", "positive": [True],
                                  "negative": [False]},
-                       "subsets": {"t": "tavi"}})
+                       "subsets": {"t": "tavi"}}, catalog=field_catalog())
     state = spec_to_state(spec)
     state = apply_action(state, Action(type="remove_group", group="tavi"))
-    pruned, notices = state_to_spec(state, [("SR", "ecg_report")])
+    pruned, notices = state_to_spec(state, [("SR", "ecg_report")], catalog=field_catalog())
     assert pruned.cohort == "ecg" and pruned.label is None and not pruned.subsets
     assert pruned.objects["ecg"].within is None and len(notices) == 3
 
@@ -238,7 +239,7 @@ def test_saved_specs_open_with_hydra_composition(synth: Dashboard) -> None:
     assert "pacemaker_tavi" in synth.saved_specs()
     got = synth.load_saved("pacemaker_tavi")
     assert got["spec"]["name"] == "pacemaker_tavi"
-    spec = load_spec(synth.configs_dir / "pacemaker_tavi.yaml")
+    spec = load_spec(synth.configs_dir / "pacemaker_tavi.yaml", catalog=synth.catalog)
     assert synth.index is not None
     assert got["counts"] == evaluate(synth.index, spec).to_json()
 
@@ -357,7 +358,7 @@ def test_save_writes_a_spec_cohort_query_reads(http: str, synth: Dashboard) -> N
     assert status == 200
     path = Path(saved["path"])
     assert path == synth.configs_dir / "thin_ct.yaml"
-    spec = load_spec(path)
+    spec = load_spec(path, catalog=synth.catalog)
     assert spec.name == "thin_ct"
     assert synth.index is not None
     assert evaluate(synth.index, spec).to_json() == got["counts"]

@@ -151,8 +151,9 @@ def _seg_calcium_volume(seg_path: Path) -> float | None:
 
 
 def test_calcium_spec_counts_the_patients_an_independent_seg_walk_finds(sites: list[Site]) -> None:
-    spec = parse_text("m := SR:measurements[calcium_volume > 150 mm3]; cohort m")
-    spec_cm3 = parse_text("m := SR:measurements[calcium_volume > 0.15 cm3]; cohort m")
+    catalog = field_catalog()
+    spec = parse_text("m := SR:measurements[calcium_volume > 150 mm3]; cohort m", catalog=catalog)
+    spec_cm3 = parse_text("m := SR:measurements[calcium_volume > 0.15 cm3]; cohort m", catalog=catalog)
     found = 0
     for site in sites:
         expected = set()
@@ -191,7 +192,7 @@ def test_the_export_feeds_the_measurements_of_the_chosen_ct_to_the_model(sites: 
     null (the model's missing indicator) exactly for the patients without such a SEG."""
     names = [f.name for f in TABULAR_FEATURES]
     i_ca, i_ms = names.index("calcium_volume"), names.index("membranous_septum_length")
-    spec = load_spec(ROOT / "configs" / "cohort" / "pacemaker_tavi.yaml")
+    spec = load_spec(ROOT / "configs" / "cohort" / "pacemaker_tavi.yaml", catalog=field_catalog())
     data = spec.to_dict()
     data["objects"]["ct"].pop("where")  # uni-ost exports 1.5 mm CT only
     spec = CohortSpec.model_validate(data)
@@ -229,7 +230,7 @@ def test_the_dashboard_filters_on_a_derived_measurement(sites: list[Site]) -> No
         got = dash.query({"state": start["state"], "action": {
             "type": "add", "kind": "SR", "template": "measurements",
             "filters": [{"field": "calcium_volume", "op": ">", "value": 150, "unit": "mm3"}]}})
-        spec = parse_text("m := SR:measurements[calcium_volume > 150 mm3]; cohort m")
+        spec = parse_text("m := SR:measurements[calcium_volume > 150 mm3]; cohort m", catalog=dash.catalog)
         with DuckIndex.for_store(site.store, read_only=True) as index:
             expected = evaluate(index, spec).patients
         assert 0 < got["counts"]["patients"] == expected < dash.patients

@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from cohort.cli import _register, app
+from cohort.index.catalog import store_catalog
 from cohort.index.compile_duck import evaluate
 from cohort.index.duck import DuckIndex
 from cohort.spec.load import load_spec
@@ -22,7 +23,7 @@ def test_query_json_equals_the_engine(ingested_sites):
     res = runner.invoke(app, ["query", "--store", str(store), "--spec", str(MISSION), "--json"])
     assert res.exit_code == 0, res.output
     with DuckIndex.for_store(store, read_only=True) as index:
-        expected = evaluate(index, load_spec(MISSION)).to_json()
+        expected = evaluate(index, load_spec(MISSION, catalog=store_catalog(store))).to_json()
     assert json.loads(res.output) == expected
     assert {"patients", "subsets", "labels", "distributions"} <= set(expected)
 
@@ -50,6 +51,21 @@ def test_invalid_text_query_names_the_problem(ingested_sites):
                               "ecg := SR:ecg_report[qrs_durtion >= 120 ms]; cohort ecg"])
     assert res.exit_code != 0
     assert "qrs_duration" in str(res.exception) + res.output  # the did-you-mean suggestion
+
+
+def test_unknown_field_in_a_spec_file_is_refused_by_the_stores_catalog(ingested_sites, tmp_path):
+    """``cohort query --spec`` checks the fields against the store's catalog, passed explicitly (issue 22)."""
+    import yaml
+
+    spec_file = tmp_path / "typo.yaml"
+    spec_file.write_text(yaml.safe_dump({
+        "objects": {"ecg": {"kind": "SR", "template": "ecg_report",
+                            "where": [{"field": "qrs_durtion", "op": ">=", "value": 120, "unit": "ms"}]}},
+        "cohort": "ecg"}))
+    res = runner.invoke(app, ["query", "--store", str(ingested_sites[0].store), "--spec", str(spec_file)])
+    assert res.exit_code != 0
+    message = str(res.exception) + res.output
+    assert "unknown field 'qrs_durtion'" in message and "did you mean 'qrs_duration'" in message
 
 
 def test_fields_lists_catalog_and_unindexed_content(ingested_sites):

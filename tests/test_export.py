@@ -15,6 +15,7 @@ from cohort.dicom.patient import pseudonym
 from cohort.ecg.readers.dicom_ecg import read_dicom_ecg
 from cohort.export import export_cohort
 from cohort.export.tabular import TABULAR_FEATURES
+from cohort.index.catalog import store_catalog
 from cohort.spec.load import load_spec
 from cohort.spec.text import parse_text
 from fl_client.data import load_datalist
@@ -32,7 +33,7 @@ def _truth(site) -> dict[str, dict[str, str]]:
 def exported(ingested_sites, tmp_path_factory):
     site = ingested_sites[0]
     out = tmp_path_factory.mktemp("export")
-    spec = load_spec(MISSION)
+    spec = load_spec(MISSION, catalog=store_catalog(site.store))
     result = export_cohort(site.store, spec, out)
     return site, spec, out, result
 
@@ -105,7 +106,7 @@ def test_same_inputs_give_the_same_hash_and_other_specs_another(exported, tmp_pa
     site, spec, out, result = exported
     again = export_cohort(site.store, spec, tmp_path / "again")
     assert again.cohort_hash == result.cohort_hash
-    other = parse_text("ct := CT; cohort ct")
+    other = parse_text("ct := CT; cohort ct", catalog=store_catalog(site.store))
     assert export_cohort(site.store, other, tmp_path / "other").cohort_hash != result.cohort_hash
 
 

@@ -32,6 +32,7 @@ from cohort.errors import SpecError
 from cohort.export import export_cohort
 from cohort.export.ecg import ecg_array
 from cohort.export.guard import PostIndexInputError
+from cohort.index.catalog import field_catalog
 from cohort.index.compile_duck import evaluate
 from cohort.index.duck import DuckIndex
 from cohort.ingest.run import ingest_folder
@@ -43,6 +44,8 @@ from fl_client.data import load_datalist
 from tests.oracle import Entity, Oracle, _holds
 
 MISSION = Path(__file__).resolve().parent.parent / "configs" / "cohort" / "pacemaker_tavi.yaml"
+# Specs are checked against the catalog passed in (issue 22): here the built-in one.
+CATALOG = field_catalog()
 TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"
 # Days from TAVI of each patient's ECGs: the first is the synthesized file moved to that day, the
 # others are copies with new UIDs and shifted samples.
@@ -317,7 +320,7 @@ def assert_datalist_is_the_rule(trap: Trap, spec: CohortSpec, out: Path, subset:
 
 
 def test_trap_store_holds_the_traps_and_the_query_agrees_with_the_oracle(trap):
-    spec = load_spec(MISSION)
+    spec = load_spec(MISSION, catalog=CATALOG)
     ecg_days = {p: sorted((_day_of(trap, e.uid) - trap.tavi[p]).days for e in trap.oracle.entities
                           if e.patient == p and e.kind == "ECG") for p in (trap.a, trap.b)}
     assert ecg_days == {trap.a: sorted(ECGS_A), trap.b: sorted(ECGS_B)}
@@ -329,7 +332,7 @@ def test_trap_store_holds_the_traps_and_the_query_agrees_with_the_oracle(trap):
 
 @pytest.mark.parametrize("subset", [None, "ECG", "labelled"], ids=["cohort", "ECG", "labelled"])
 def test_mission_export_is_what_the_query_selects(trap, tmp_path, subset):
-    spec = load_spec(MISSION)
+    spec = load_spec(MISSION, catalog=CATALOG)
     expected = assert_datalist_is_the_rule(trap, spec, tmp_path, subset)
     if trap.a in expected:  # A: the in-window ECG closest to TAVI, the pre-TAVI CT
         assert _day_of(trap, expected[trap.a]["ecg"] or "") - trap.tavi[trap.a] == timedelta(days=-2)
@@ -337,7 +340,7 @@ def test_mission_export_is_what_the_query_selects(trap, tmp_path, subset):
 
 
 def test_patient_without_a_qualifying_ecg_has_it_missing_not_substituted(trap, tmp_path):
-    datalist, manifest = _export(trap, load_spec(MISSION), tmp_path)
+    datalist, manifest = _export(trap, load_spec(MISSION, catalog=CATALOG), tmp_path)
     b = next(e for e in datalist["training"] if e["patient"] == trap.b)
     assert b["ct"] is not None  # B is in the cohort through its CT ...
     assert b["ecg"] is None and b["sources"]["ecg"] is None and b["sources"]["ecg_report"] is None  # ... not its ECGs
@@ -348,7 +351,8 @@ def test_patient_without_a_qualifying_ecg_has_it_missing_not_substituted(trap, t
 
 def test_a_spec_without_an_ecg_condition_exports_no_ecg(trap, tmp_path):
     spec = parse_text("ct := CT[slice_thickness <= 1 mm] before tavi.tavi_date; tavi := SR:procedures[tavi_date exists]; "
-                      "cohort tavi and ct; label tavi.pacemaker_after_tavi positive yes negative no")
+                      "cohort tavi and ct; label tavi.pacemaker_after_tavi positive yes negative no",
+                      catalog=CATALOG)
     datalist, manifest = _export(trap, spec, tmp_path)
     assert datalist["training"] and all(e["ecg"] is None and e["sources"]["ecg"] is None for e in datalist["training"])
     assert manifest["inputs"]["ecg"] is None
@@ -358,7 +362,8 @@ def test_tie_break_is_closest_to_the_index_event_and_the_earlier_on_a_tie(trap, 
     # 30 days before to 3 days after TAVI: A's -2 and +2 qualify, equally close; the earlier one wins
     # (the latest would be +2). B's -106 and +5 do not qualify.
     spec = parse_text(spec_to_text(load_spec(MISSION, overrides=["objects.ecg.within.min_days=-30",
-                                                                 "objects.ecg.within.max_days=3"])))
+                                                                 "objects.ecg.within.max_days=3"],
+                                             catalog=CATALOG)), catalog=CATALOG)
     expected = assert_datalist_is_the_rule(trap, spec, tmp_path)
     assert _day_of(trap, expected[trap.a]["ecg"] or "") - trap.tavi[trap.a] == timedelta(days=-2)
     assert expected[trap.b]["ecg"] is None
@@ -366,7 +371,7 @@ def test_tie_break_is_closest_to_the_index_event_and_the_earlier_on_a_tie(trap, 
 
 def test_without_an_index_event_the_latest_qualifying_object_is_taken(trap, tmp_path):
     spec = parse_text("ecg := SR:ecg_report[qrs_duration exists] within 30 days of tavi.tavi_date by ecg_datetime; "
-                      "tavi := SR:procedures[tavi_date exists]; cohort tavi and ecg")
+                      "tavi := SR:procedures[tavi_date exists]; cohort tavi and ecg", catalog=CATALOG)
     expected = assert_datalist_is_the_rule(trap, spec, tmp_path)
     assert _day_of(trap, expected[trap.a]["ecg"] or "") - trap.tavi[trap.a] == timedelta(days=5)
 
@@ -376,7 +381,7 @@ def test_without_an_index_event_the_latest_qualifying_object_is_taken(trap, tmp_
     (["~objects.ct.within"], "ct"),  # no window: A's closest CT is the one a day after TAVI
 ], ids=["ecg-after-tavi", "ct-without-window"])
 def test_inputs_after_the_index_event_are_refused(trap, tmp_path, override, condition):
-    spec = load_spec(MISSION, overrides=override)
+    spec = load_spec(MISSION, overrides=override, catalog=CATALOG)
     with pytest.raises(PostIndexInputError) as err:
         export_cohort(trap.store, spec, tmp_path / "out")
     message = str(err.value)
@@ -384,19 +389,19 @@ def test_inputs_after_the_index_event_are_refused(trap, tmp_path, override, cond
     assert {v.patient_id for v in err.value.violations} >= {trap.a}
     assert all(v.day > v.index_date for v in err.value.violations)
     assert not (tmp_path / "out").exists()  # nothing written
-    allowed = load_spec(MISSION, overrides=[*override, "+label.allow_post_index=true"])
+    allowed = load_spec(MISSION, overrides=[*override, "+label.allow_post_index=true"], catalog=CATALOG)
     expected = assert_datalist_is_the_rule(trap, allowed, tmp_path / "allowed")
     role = "ecg" if condition == "ecg" else "ct"
     assert _day_of(trap, expected[trap.a][role] or "") > trap.tavi[trap.a]
 
 
 def test_allow_post_index_round_trips_through_yaml_and_text():
-    spec = load_spec(MISSION, overrides=["+label.allow_post_index=true"])
+    spec = load_spec(MISSION, overrides=["+label.allow_post_index=true"], catalog=CATALOG)
     assert spec.label is not None and spec.label.allow_post_index
     assert "allow post-index" in spec_to_text(spec)
-    assert parse_text(spec_to_text(spec)) == spec
-    assert parse_spec(yaml.safe_load(spec_to_yaml(spec))) == spec
+    assert parse_text(spec_to_text(spec), catalog=CATALOG) == spec
+    assert parse_spec(yaml.safe_load(spec_to_yaml(spec)), catalog=CATALOG) == spec
     with pytest.raises(SpecError, match="post-index"):
-        parse_text(spec_to_text(spec).replace("allow post-index", "allow post"))
-    plain = load_spec(MISSION)
+        parse_text(spec_to_text(spec).replace("allow post-index", "allow post"), catalog=CATALOG)
+    plain = load_spec(MISSION, catalog=CATALOG)
     assert "allow" not in spec_to_text(plain) and "allow_post_index" not in plain.to_dict()["label"]

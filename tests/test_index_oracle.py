@@ -57,7 +57,8 @@ FIXED = [
 def test_exists_false_is_about_the_whole_entity(pair) -> None:
     index, oracle = pair
     # "both" has a 140 ms QRS and findings in another container of the same report: not absent.
-    spec = parse_text("e := SR:ecg_report[{qrs_duration >= 120, ecg_finding exists false}]; cohort e")
+    spec = parse_text("e := SR:ecg_report[{qrs_duration >= 120, ecg_finding exists false}]; cohort e",
+                      catalog=field_catalog())
     assert evaluate(index, spec).patients == oracle.evaluate(spec).patients == 1
 
 

@@ -29,10 +29,9 @@ LAYERS: tuple[frozenset[str], ...] = tuple(frozenset(layer) for layer in (
 ))
 
 # Upward edges not removed yet, each with the reason; the test fails when one disappears, so the
-# list cannot go stale. cohort.spec.validate falls back to the index's catalog when a caller passes
-# none (parse_spec, load_spec and parse_text default to it; every entry point passes the store's
-# catalog since issue 22, but tests, scripts and benchmarks rely on the default).
-KNOWN_UPWARD = {("cohort.spec.validate", "cohort.index.catalog")}
+# list cannot go stale. Empty since issue 22: cohort.spec.validate no longer falls back to the index's
+# field catalog; every caller passes its catalog (a store's, or the built-in one) or none (structure only).
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -158,3 +157,4 @@ def test_the_check_finds_an_upward_import_and_a_circle() -> None:
     assert _layer("cohort.ecg") > _layer("cohort.dicom")  # dicom/ecg_waveform.py once imported ecg.record
     assert _cycles({"a.duck": {"a.publish"}, "a.publish": {"a.duck"}}) == [["a.duck", "a.publish"]]
     assert "cohort.index.publish" in GRAPH["cohort.cli.engine_cmds"]  # lazy imports count
+    assert _layer("cohort.index") > _layer("cohort.spec")  # spec/validate.py once fell back to index.catalog

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cohort.errors import SpecError
+from cohort.index.catalog import field_catalog
 from cohort.spec import IdentifyingRequestError, TextSpecError, parse_text, spec_to_text
 from cohort.spec.model import And, Not, Or, Predicate, Within
 
@@ -12,10 +13,12 @@ MISSION = ("ct := CT[slice_thickness <= 1 mm]; ecg := SR:ecg_report[qrs_duration
            "within 90 days before tavi; tavi := SR:procedures[tavi_date exists]; cohort ct and ecg and tavi; "
            "label tavi.pacemaker_after_tavi positive yes negative no; subset labelled = ct and ecg; "
            "histogram ecg.qrs_duration bins 80,100,120,140,160")
+# The spec layer checks fields only against a catalog its caller passes: these tests pass the built-in one.
+CATALOG = field_catalog()
 
 
 def test_brief_example_compiles() -> None:
-    spec = parse_text(MISSION)
+    spec = parse_text(MISSION, catalog=CATALOG)
     assert spec.objects["ecg"].where == [
         Predicate(field="qrs_duration", op=">=", value=120, unit="ms"),
         Predicate(field="ecg_finding", op="=", value="LBBB")]
@@ -42,7 +45,7 @@ def test_precedence(expr: str, tree: object) -> None:
 
 def test_groups_get_names_and_keep_them() -> None:
     spec = parse_text("s := SEG[{segment_type = LV, algorithm_type = MANUAL}, {segment_type = RV} as right, "
-                      "segment_count >= 2]; cohort s")
+                      "segment_count >= 2]; cohort s", catalog=CATALOG)
     assert [p.group for p in spec.objects["s"].where] == ["g1", "g1", "right", None]
     assert "{segment_type = RV} as right" in spec_to_text(spec)
 
@@ -59,7 +62,7 @@ def test_windows(window: str, bounds: tuple[int | None, int | None]) -> None:
 
 def test_window_fields() -> None:
     spec = parse_text("e := SR:ecg_report within 90 days before t.tavi_date by ecg_datetime; "
-                      "t := SR:procedures; cohort e")
+                      "t := SR:procedures; cohort e", catalog=CATALOG)
     assert spec.objects["e"].within == Within(of="t", min_days=-90, max_days=0, date_field="tavi_date",
                                               own_date_field="ecg_datetime")
 
@@ -89,7 +92,7 @@ def test_values_keep_their_types() -> None:
         "string", "word-op", "no-cohort"])
 def test_errors_point_at_the_column(query: str, column: int, words: str) -> None:
     with pytest.raises(SpecError) as info:
-        parse_text(query)
+        parse_text(query, catalog=CATALOG)
     message = str(info.value)
     assert words in message
     assert f"column {column}:" in message
@@ -99,13 +102,13 @@ def test_errors_point_at_the_column(query: str, column: int, words: str) -> None
 
 def test_syntax_errors_are_text_spec_errors() -> None:
     with pytest.raises(TextSpecError) as info:
-        parse_text("a := CT[x = ]; cohort a")
+        parse_text("a := CT[x = ]; cohort a", catalog=CATALOG)
     assert (info.value.pos, info.value.column) == (12, 13)
 
 
 def test_identifying_distribution_is_refused_with_the_list() -> None:
     with pytest.raises(IdentifyingRequestError) as info:
-        parse_text("ct := CT; cohort ct; categories ct.patient_name")
+        parse_text("ct := CT; cohort ct; categories ct.patient_name", catalog=CATALOG)
     assert "patient_id" in str(info.value) and "birth_date" in str(info.value)
     assert info.value.path == "distributions[0].field"
 

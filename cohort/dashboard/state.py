@@ -164,7 +164,8 @@ def state_to_spec(state: DashboardState, present: Sequence[tuple[str, str | None
     Subsets, the label, distributions, time windows and cohort terms that name an object the state no
     longer has are dropped (with a notice) instead of failing: removing a group must always work.
     With no group and no other term the cohort is every patient with an indexed object of a kind in
-    ``present`` (the store's (kind, template) pairs).
+    ``present`` (the store's (kind, template) pairs). Fields are checked against ``catalog`` (the
+    store's, as the dashboard passes it); None checks the structure only.
 
     Raises:
         SpecError: the state is not a valid spec (unknown field, bad value ...), naming the place.

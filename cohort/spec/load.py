@@ -130,7 +130,8 @@ def parse_spec(data: Mapping[str, Any], *, catalog: Mapping[str, Any] | None = N
 
     Args:
         data: the spec as plain data (``CohortSpec.to_dict()`` gives it back).
-        catalog: indexed fields to check against; default: the index's catalog when installed.
+        catalog: the indexed fields to check against (a store's ``store_catalog``, or the built-in
+            ``field_catalog()``); None checks the structure only (``validate_spec``).
         validate: False returns the spec after shape checks only (e.g. so a site can inspect and
             refuse an identifying request itself).
 

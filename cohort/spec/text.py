@@ -496,6 +496,11 @@ def _position(positions: Mapping[str, int], path: str) -> int | None:
 def parse_text(source: str, *, catalog: Mapping[str, Any] | None = None, validate: bool = True) -> CohortSpec:
     """Compile a text query into a CohortSpec.
 
+    Args:
+        source: the text query.
+        catalog: the indexed fields to check against (see ``parse_spec``); None checks the structure only.
+        validate: False skips ``validate_spec`` (the spec after shape checks only).
+
     Raises:
         TextSpecError: a syntax error, with a caret under the column.
         SpecPathError: a semantic error (unknown object, field, unit...); its message also shows

@@ -1,7 +1,8 @@
 """Checks a CohortSpec beyond its shape: names that resolve, ops that fit the field, units, privacy.
 
-Field checks use the index's field catalog (``cohort.index.catalog.field_catalog()``) when it is
-importable, or a catalog passed in; without one only the structure is checked.
+Field checks use the catalog the caller passes (a store's: ``cohort.index.catalog.store_catalog``; the
+built-in one: ``field_catalog()``); without one only the structure is checked. The spec layer never
+reads the index's catalog itself: one catalog per store, passed explicitly by every entry point.
 """
 
 from __future__ import annotations
@@ -89,13 +90,9 @@ def facts_of(name: str, info: Any) -> FieldFacts:
 
 
 def load_catalog(catalog: Mapping[str, Any] | None) -> dict[str, FieldFacts] | None:
-    """FieldFacts per field from ``catalog``, from the index's catalog, or None when neither exists."""
+    """FieldFacts per field of ``catalog``; None when no catalog is given (structure-only checks)."""
     if catalog is None:
-        try:  # imported lazily: the spec layer must work on a machine without the index backend
-            from cohort.index.catalog import field_catalog  # type: ignore[import-not-found]
-        except ImportError:
-            return None
-        catalog = field_catalog()
+        return None
     return {name: facts_of(name, info) for name, info in catalog.items()}
 
 
@@ -359,17 +356,18 @@ def _is_number(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def validate_spec(spec: CohortSpec, catalog: Mapping[str, Any] | None = None, *,
-                  use_index_catalog: bool = True) -> CohortSpec:
+def validate_spec(spec: CohortSpec, catalog: Mapping[str, Any] | None) -> CohortSpec:
     """Check ``spec``; return it unchanged or raise SpecPathError naming the path and valid choices.
 
     Args:
         spec: the parsed spec.
-        catalog: field name -> FieldInfo (or dict with kinds/templates/value_type/unit); when None the
-            index's ``field_catalog()`` is used if that module exists.
-        use_index_catalog: set False to check structure only, whatever is installed.
+        catalog: field name -> FieldInfo (or dict with kinds/templates/value_type/unit): fields and SR
+            templates are checked against it (known, on that kind/template, operator vs value type,
+            unit). None checks the structure only (object names, windows, bins, identifying field
+            names): no field or template is looked up, so none is refused as unknown. There is no
+            default and no fallback: an entry point for a store passes ``store_catalog(store)``, one
+            without a store ``field_catalog()``.
     """
-    facts = load_catalog(catalog) if (catalog is not None or use_index_catalog) else None
-    _Validator(spec, facts).run()
+    _Validator(spec, load_catalog(catalog)).run()
     return spec
 
