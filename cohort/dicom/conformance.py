@@ -222,11 +222,13 @@ def missing_attributes(ds: Dataset) -> list[MissingAttribute]:
 def _checks(sop_class: str, top: frozenset[BaseTag]) -> tuple[tuple[tuple[str, ...], tuple[_Requirement, ...]], ...]:
     """What to look at, by sequence path, for an object of ``sop_class`` with top-level tags ``top``:
     the requirements of its mandatory modules and of the optional ones it carries, except top-level
-    type 2 ones it has (present is all they ask). A series repeats its tags: one computation per series."""
+    type 2 ones it has (present is all they ask), and nothing under a sequence it lacks. A series
+    repeats its tags: one computation per series."""
     mandatory, optional = _requirements(sop_class)
     present = [m for m, markers in optional.items() if not markers.isdisjoint(top)]
     return tuple((path, tuple(r for r in reqs if path or r.type == "1" or r.tag not in top))
-                 for path, reqs in _strictest(tuple(mandatory + present)).items())
+                 for path, reqs in _strictest(tuple(mandatory + present)).items()
+                 if not path or _path_tags(path)[0] in top)  # no items under an absent sequence
 
 
 # Warnings that decoding a value raised, by what decides them: tag, VR, bytes, character set and
