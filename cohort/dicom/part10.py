@@ -9,6 +9,7 @@ import io
 import struct
 from copy import deepcopy
 from datetime import datetime
+from typing import Any
 
 from pydicom import __version_info__
 from pydicom.dataelem import RawDataElement
@@ -31,7 +32,12 @@ _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 
 def undecoded(ds: Dataset) -> dict[BaseTag, RawDataElement]:
     """The top-level elements of a data set just read that pydicom has not decoded yet, by tag."""
-    return {tag: elem for tag in ds.keys() if isinstance(elem := ds.get_item(tag, keep_deferred=True), RawDataElement)}
+    out: dict[BaseTag, RawDataElement] = {}
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement):
+            out[tag] = elem
+    return out
 
 
 def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement]) -> None:
@@ -49,15 +55,15 @@ def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement]) -> None
             ds[tag] = raw
 
 
-def _synced_meta(meta: FileMetaDataset, ds_class: object, ds_instance: object) -> FileMetaDataset:
+def _synced_meta(meta: FileMetaDataset, ds_class: Any, ds_instance: Any) -> FileMetaDataset:
     """dcmwrite's copy of the file meta, with the SOP class and instance taken from the data set."""
-    meta = deepcopy(meta)
-    meta_class, meta_instance = meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
+    copy = deepcopy(meta)
+    meta_class, meta_instance = copy.get("MediaStorageSOPClassUID"), copy.get("MediaStorageSOPInstanceUID")
     if meta_class is None or (ds_class and ds_class != meta_class):
-        meta.MediaStorageSOPClassUID = ds_class
+        copy.MediaStorageSOPClassUID = ds_class
     if meta_instance is None or (ds_instance and ds_instance != meta_instance):
-        meta.MediaStorageSOPInstanceUID = ds_instance
-    return meta
+        copy.MediaStorageSOPInstanceUID = ds_instance
+    return copy
 
 
 _GROUP_LENGTH, _VERSION, _SOP_CLASS, _SOP_INSTANCE = 0x00020000, 0x00020001, 0x00020002, 0x00020003
@@ -65,7 +71,7 @@ _TRANSFER_SYNTAX, _IMPLEMENTATION_UID, _IMPLEMENTATION_NAME = 0x00020010, 0x0002
 _TEXT_PADDING = {"UI": b"\x00", "SH": b" ", "AE": b" "}
 
 
-def _file_meta_bytes(meta: FileMetaDataset, ds_class: object, ds_instance: object) -> bytes | None:
+def _file_meta_bytes(meta: FileMetaDataset, ds_class: Any, ds_instance: Any) -> bytes | None:
     """The file meta group exactly as ``write_file_meta_info(enforce_standard=True)`` writes dcmwrite's
     copy, for the usual elements (text UIDs and names, OB version, UL lengths); None for anything else,
     which pydicom then writes."""
@@ -87,23 +93,24 @@ def _file_meta_bytes(meta: FileMetaDataset, ds_class: object, ds_instance: objec
     if _IMPLEMENTATION_NAME not in values:
         values[_IMPLEMENTATION_NAME] = ("SH", f"PYDICOM {'.'.join(__version_info__)}")
     body = bytearray()
-    for tag in sorted(values):
-        if tag == _GROUP_LENGTH:
+    for number in sorted(values):
+        if number == _GROUP_LENGTH:
             continue
-        vr, value = values[tag]
+        vr, value = values[number]
+        group, element = number >> 16, number & 0xFFFF
         if vr == "OB" and isinstance(value, bytes):
             data = value + b"\x00" * (len(value) % 2)
-            body += _LONG_HEADER.pack(tag >> 16, tag & 0xFFFF, b"OB", len(data)) + data
+            body += _LONG_HEADER.pack(group, element, b"OB", len(data)) + data
             continue
         if vr == "UL" and isinstance(value, int) and not isinstance(value, bool):
-            body += _SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, b"UL", 4) + struct.pack("<L", value)
+            body += _SHORT_HEADER.pack(group, element, b"UL", 4) + struct.pack("<L", value)
             continue
         if vr not in _TEXT_PADDING or not isinstance(value, str) or not value or not value.isascii() \
                 or "\\" in value:
             return None  # empty required values, text beyond ASCII, several values: pydicom's business
         data = value.encode("ascii")
         data += _TEXT_PADDING[vr] * (len(data) % 2)
-        body += _SHORT_HEADER.pack(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(data)) + data
+        body += _SHORT_HEADER.pack(group, element, vr.encode("ascii"), len(data)) + data
     return _SHORT_HEADER.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<L", len(body)) + bytes(body)
 
 

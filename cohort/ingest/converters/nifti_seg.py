@@ -190,7 +190,7 @@ class NiftiSegmentationConverter(Converter):
         tried = []
         for series in candidates:
             # The store's own files, checked when they were ingested: read the headers only.
-            datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+            datasets: list[Dataset] = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
             try:
                 grid = ct_grid(series.series_uid, datasets)
             except (ValueError, AttributeError, TypeError) as exc:
