@@ -32,11 +32,13 @@ from highdicom._standard_utils import (  # the standard's tables; highdicom has 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import data_element_generator
+from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-__all__ = ["MissingAttribute", "NEEDED_ATTRIBUTES", "PIXEL_DATA_KEYWORDS", "Truncation", "decode_all",
+__all__ = ["MissingAttribute", "NEEDED_ATTRIBUTES", "PIXEL_DATA_KEYWORDS", "Truncation", "decode_all", "decode_in_place",
            "find_truncation", "is_image_sop_class", "missing_attributes", "sop_class_name"]
 
 # Read by the index (identity, references, per-kind fields) or the export (CT volumes, SEG segments,
@@ -231,47 +233,98 @@ def _checks(sop_class: str, top: frozenset[BaseTag]) -> tuple[tuple[tuple[str, .
                  if not path or _path_tags(path)[0] in top)  # no items under an absent sequence
 
 
-# Warnings that decoding a value raised, by what decides them: tag, VR, bytes, character set and
-# encoding. A CT series repeats most values on every slice; those are decoded once per process.
+# What decoding a value showed, by what decides it: tag, VR, bytes, character set and encoding. A CT
+# series repeats most values on every slice; those are decoded once per process.
 _DecodeKey = tuple[int, str, bytes, object, bool, bool]
-_DECODE_WARNINGS: dict[_DecodeKey, tuple[warnings.WarningMessage, ...]] = {}
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    warnings: tuple[warnings.WarningMessage, ...]  # what pydicom warned while decoding it
+    same_bytes: bool  # pydicom writes the decoded value back as the bytes it came with
+
+
+_DECODED: dict[_DecodeKey, _Decoded] = {}
 _MEMO_VALUE_BYTES = 256  # longer values (pixels, waveforms, long text) are decoded every time
 _MEMO_ENTRIES = 200_000
 
 
-def decode_all(ds: Dataset) -> None:
-    """Decode every element's value once, so that reading problems (invalid values) surface now as warnings.
+def decode_all(ds: Dataset) -> set[BaseTag]:
+    """Decode every element's value once, so that reading problems (invalid values) surface now as
+    warnings; return the top-level tags whose bytes pydicom would change on writing them back.
 
     Decoding works on copies: the data set keeps its undecoded elements, so that what no later step
-    touches is written back byte for byte (``cohort.dicom.part10.encode_part10``). A value seen
-    before (same tag, VR, bytes, character set and encoding) replays the warnings it raised then.
+    changes can be written back byte for byte (``cohort.dicom.part10``). An element (with everything
+    inside it) is written back as it came only when pydicom, having decoded it, would write the same
+    bytes: not a value with other padding than pydicom's, of odd length, or of VR UN that the
+    dictionary knows. A value seen before (same tag, VR, bytes, character set and encoding) replays
+    what was found then.
     """
-    _decode_items(ds, ds._character_set)
-
-
-def _decode_items(ds: Dataset, charset: str | MutableSequence[str]) -> None:
+    charset = ds._character_set
+    changed = set()
     for elem in ds.elements():
-        if isinstance(elem, DataElement):
-            if elem.VR == "SQ":
-                for item in elem.value or []:
-                    _decode_items(item, item._character_set)
-            continue
-        key = _decode_key(elem, charset)
-        found = _DECODE_WARNINGS.get(key) if key is not None else None
-        if found is None:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                decoded = convert_raw_data_element(elem, encoding=charset, ds=ds)
-            found = tuple(caught)
-            if key is not None:
-                if len(_DECODE_WARNINGS) >= _MEMO_ENTRIES:
-                    _DECODE_WARNINGS.clear()
-                _DECODE_WARNINGS[key] = found
-            if decoded.VR == "SQ":
-                for item in decoded.value or []:
-                    _decode_items(item, item._character_set)
-        for w in found:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if not _decode_element(elem, ds, charset):
+            changed.add(elem.tag)
+    return changed
+
+
+def decode_in_place(ds: Dataset, tags: set[BaseTag] | None = None) -> None:
+    """Decode the elements ``tags`` (default: all), with everything inside them, in ``ds`` itself: pydicom
+    then writes them from their values, as it writes a data set built in memory."""
+    for tag in sorted(ds.keys()) if tags is None else sorted(tags):
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                for _elem in item.iterall():
+                    pass
+
+
+def _decode_element(elem: DataElement | RawDataElement, ds: Dataset, charset: str | MutableSequence[str]) -> bool:
+    """Decode (a copy of) ``elem`` and what it holds, raising pydicom's warnings; True when writing it
+    back decoded would give the same bytes."""
+    if isinstance(elem, DataElement):
+        if elem.VR != "SQ":
+            return True  # decoded already (its warnings were raised then): pydicom writes it from its value
+        return all([_decode_items(item) for item in elem.value or []])
+    key = _decode_key(elem, charset)
+    found = _DECODED.get(key) if key is not None else None
+    if found is None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            decoded = convert_raw_data_element(elem, encoding=charset, ds=ds)
+        if decoded.VR == "SQ":
+            same = _same_bytes(elem, decoded, charset) and all([_decode_items(item) for item in decoded.value or []])
+        else:
+            same = _same_bytes(elem, decoded, charset)
+        found = _Decoded(tuple(caught), same)
+        if key is not None:
+            if len(_DECODED) >= _MEMO_ENTRIES:
+                _DECODED.clear()
+            _DECODED[key] = found
+    for w in found.warnings:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return found.same_bytes
+
+
+def _decode_items(item: Dataset) -> bool:
+    charset = item._character_set
+    return all([_decode_element(elem, item, charset) for elem in item.elements()])
+
+
+def _same_bytes(raw: RawDataElement, decoded: DataElement, charset: str | MutableSequence[str]) -> bool:
+    """Whether pydicom writes ``decoded`` as it writes ``raw`` (for a sequence: its header only)."""
+    if decoded.VR == "SQ":
+        return raw.VR in ("SQ", None)
+    encoded = []
+    for elem in (raw, decoded):
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = raw.is_little_endian, raw.is_implicit_VR
+        try:
+            write_data_element(fp, elem, charset if isinstance(charset, str) else list(charset))
+        except Exception:  # noqa: BLE001 - a value pydicom cannot write back is not the same
+            return False
+        encoded.append(fp.getvalue())
+    return encoded[0] == encoded[1]
 
 
 def _decode_key(elem: RawDataElement, charset: str | MutableSequence[str]) -> _DecodeKey | None:

@@ -20,6 +20,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from cohort.dicom.conformance import decode_in_place
+
 __all__ = ["encode_part10", "file_meta_for", "format_da", "format_dt", "format_tm", "restore_as_read", "undecoded"]
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -40,19 +42,21 @@ def undecoded(ds: Dataset) -> dict[BaseTag, RawDataElement]:
     return out
 
 
-def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement]) -> None:
-    """Put back the undecoded form of each element that was only read since ``as_read`` was taken.
+def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement], rewritten: set[BaseTag]) -> None:
+    """Put back the undecoded form of each element that was only read since ``as_read`` was taken,
+    except ``rewritten`` (``cohort.dicom.conformance.decode_all``: pydicom writes those other than they
+    came), which are decoded in place with everything inside them.
 
-    Call it after checks that read values and before any change: an element kept undecoded is written
-    back as the bytes it came with (``encode_part10``). Not restored, so that pydicom re-encodes them
-    as before: values of odd length, VR UN (pydicom replaces it with the dictionary's VR) and private
-    elements (pydicom decodes those when they are set).
+    Call it after checks that read values and before any change. An element kept undecoded is written
+    back as the bytes it came with (``encode_part10``), which are the bytes pydicom would write for it
+    decoded. Private elements stay as they are (pydicom decodes them when they are set).
     """
     for tag, raw in as_read.items():
-        if tag in ds and not isinstance(ds.get_item(tag, keep_deferred=True), RawDataElement) \
-                and raw.VR != "UN" and not tag.is_private and raw.value is not None \
-                and (raw.length == _UNDEFINED_LENGTH or raw.length % 2 == 0):
+        if tag in rewritten or tag not in ds or tag.is_private or raw.value is None:
+            continue
+        if not isinstance(ds.get_item(tag, keep_deferred=True), RawDataElement):
             ds[tag] = raw
+    decode_in_place(ds, {tag for tag in rewritten if tag in ds})
 
 
 def _synced_meta(meta: FileMetaDataset, ds_class: Any, ds_instance: Any) -> FileMetaDataset:

@@ -183,10 +183,9 @@ def _check_pixel_data(ds: Dataset, path: Path) -> None:
 def check_conformance(ds: Dataset, path: Path, strictness: Strictness) -> list[ConversionWarning]:
     """Type 1 / type 2 attributes the SOP class requires: warnings, or InputError per ``strictness``.
 
-    Every element is decoded first, so that pydicom's reading warnings (invalid values) are raised
-    while the pipeline records them for this input.
+    Decode every element first (``decode_all`` or ``decode_in_place``), so that pydicom's reading
+    warnings (invalid values) are raised while the pipeline records them for this input.
     """
-    decode_all(ds)
     name = sop_class_name(str(ds.SOPClassUID))
     quarantine, warn = [], []
     for miss in missing_attributes(ds):
@@ -239,6 +238,7 @@ class DicomObjectConverter(Converter):
     def convert(self, path: Path, ctx: IngestContext) -> ConversionResult:
         ds = read_dicom(path)
         as_read = undecoded(ds)
+        rewritten = decode_all(ds)  # raises pydicom's value warnings now, while they are this input's
         if str(ds.get("SOPClassUID", "")) == MediaStorageDirectoryStorage or "DirectoryRecordSequence" in ds:
             raise InputError("this is a DICOMDIR (media index), not a storage object; the objects it lists "
                              "are converted from their own files - remove it from the export folder",
@@ -252,7 +252,7 @@ class DicomObjectConverter(Converter):
                              path=str(path), field="SOPClassUID")
         patient = ctx.patients.resolve("pacs_id", str(ds.PatientID), path=path, field="PatientID")
         present = [k for k in IDENTIFYING_ATTRIBUTES if k in ds and ds[k].VR != "SQ"]
-        restore_as_read(ds, as_read)  # the checks above only read: what is not changed below keeps its bytes
+        restore_as_read(ds, as_read, rewritten)  # the checks only read: what is not changed below keeps its bytes
         try:
             ds.file_meta = rebuilt_file_meta(ds)
         except InputError as exc:

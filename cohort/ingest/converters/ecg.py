@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from pydicom.dataset import Dataset
 
+from cohort.dicom.conformance import decode_in_place
 from cohort.dicom.patient import PatientRef, apply_patient
 from cohort.dicom.sop_classes import RESTING_ECG_SOP_CLASSES
 from cohort.ecg.dicom_report import build_ecg_report
@@ -180,6 +181,7 @@ class DicomEcgConverter(Converter):
             if not str(ds.get(keyword, "") or "").strip():
                 raise InputError(f"{keyword} is missing; the waveform cannot be stored or referenced without "
                                  "it - export it again from the PACS", path=str(path), field=keyword)
+        decode_in_place(ds)  # its value warnings now, while they are this input's; the waveform is rebuilt
         found = check_conformance(ds, path, ctx.site.strictness)
         # A DICOM object always carries the PACS identity, whatever the ECG system's own exports use.
         patient = ctx.patients.resolve("pacs_id", record.patient_source_id, path=path, field="PatientID")
