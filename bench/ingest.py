@@ -88,7 +88,7 @@ def measure(raw_dir: Path, site_config: Path, store_dir: Path, out: Path) -> Non
 def _run_variant(code_root: Path, raw_dir: Path, site_config: Path, store_dir: Path, workers: int,
                  work: Path, name: str) -> dict[str, Any]:
     out = work / f"{name}.json"
-    env = {**os.environ, "COHORT_INGEST_WORKERS": str(workers), "PYTHONPATH": str(code_root)}
+    env = {**os.environ, "COHORT_INGEST_WORKERS": str(workers)}
     subprocess.run([sys.executable, str(Path(__file__).resolve()), "--measure", str(code_root), str(raw_dir),
                     str(site_config), str(store_dir), str(out)], check=True, env=env, cwd=code_root)
     return dict(json.loads(out.read_text(encoding="utf-8")))
@@ -103,26 +103,12 @@ def _worktree(rev: str, work: Path) -> Path:
 
 def compare_stores(old: Path, new: Path) -> dict[str, Any]:
     """Stored files compared byte for byte, and every index table row for row (mtimes and roots aside)."""
-    import duckdb
+    from cohort.index.duck import index_rows  # this checkout's: a --measure run imports the baseline's code
 
     rel_old = sorted(p.relative_to(old) for p in Store(old).files())
     rel_new = sorted(p.relative_to(new) for p in Store(new).files())
     differing = [str(r) for r in sorted(set(rel_old) & set(rel_new)) if (old / r).read_bytes() != (new / r).read_bytes()]
-
-    def rows(root: Path) -> dict[str, list[tuple[str, ...]]]:
-        con = duckdb.connect(str(root / "index.duckdb"), read_only=True)
-        try:
-            out = {}
-            for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
-                cur = con.execute(f'SELECT * FROM "{table}"')
-                names = [d[0] for d in cur.description]
-                out[table] = sorted(tuple(str(v).replace(str(root), "STORE") for n, v in zip(names, r, strict=True)
-                                          if n != "mtime") for r in cur.fetchall())
-            return out
-        finally:
-            con.close()
-
-    t_old, t_new = rows(old), rows(new)
+    t_old, t_new = index_rows(old / "index.duckdb", old), index_rows(new / "index.duckdb", new)
     return {"files": [len(rel_old), len(rel_new)], "same_paths": rel_old == rel_new, "differing_bytes": differing,
             "tables": sorted(t_old), "differing_tables": sorted(t for t in set(t_old) | set(t_new)
                                                                 if t_old.get(t) != t_new.get(t))}

@@ -34,10 +34,7 @@ if str(ROOT) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.training import SUBSET, build_site, run_rounds  # noqa: E402
-
-# The training benchmark's cohort: thin-slice CTs only.
-CT_OVERRIDE = "'cohort.objects.ct.where=[{field:slice_thickness,op:\"<=\",value:1.5,unit:mm}]'"
+from bench.training import CT_OVERRIDE, SUBSET, build_site, run_rounds  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

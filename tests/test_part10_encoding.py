@@ -13,7 +13,6 @@ import io
 import warnings
 from pathlib import Path
 
-import duckdb
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
@@ -22,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from cohort.dicom.conformance import decode_all
 from cohort.dicom.part10 import encode_part10, restore_as_read, undecoded
-from cohort.index.duck import DuckIndex
+from cohort.index.duck import DuckIndex, index_rows
 from cohort.index.extract import extract_encoded, extract_file
 from cohort.index.templates import load_templates
 from cohort.ingest.pipeline import library_warnings
@@ -54,7 +53,10 @@ def _writable(path: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("path", [p for p in PYDICOM_FILES if _writable(p)], ids=lambda p: Path(p).name)
+WRITABLE_FILES = [p for p in PYDICOM_FILES if _writable(p)]
+
+
+@pytest.mark.parametrize("path", WRITABLE_FILES, ids=lambda p: Path(p).name)
 def test_encode_part10_writes_the_bytes_pydicom_writes(path: str) -> None:
     """Real files from many writers (pydicom's test corpus): implicit and explicit VR, sequences,
     private elements, compressed pixel data, odd preambles, no file meta."""
@@ -75,7 +77,7 @@ def test_every_stored_object_encodes_as_pydicom_encodes_it(ingested_sites: list)
     assert {"CT", "SEG", "SR", "ECG"} <= kinds
 
 
-@pytest.mark.parametrize("path", [p for p in PYDICOM_FILES if _writable(p)], ids=lambda p: Path(p).name)
+@pytest.mark.parametrize("path", WRITABLE_FILES, ids=lambda p: Path(p).name)
 def test_a_pass_through_object_keeps_the_bytes_of_the_old_fully_decoded_path(path: str) -> None:
     """Before issue 24 every element was decoded in place, then re-encoded by pydicom; now an element
     is copied only where pydicom would write the same bytes (other padding, odd lengths, VR UN that
@@ -137,19 +139,8 @@ def test_ingest_index_rows_equal_a_reindex_of_the_same_store(ingested_sites: lis
         report = fresh.add_files(list(Store(store).files()))
         assert not report.failed
 
-    def rows(path: Path, root: str) -> dict[str, list]:
-        con = duckdb.connect(str(path), read_only=True)
-        out = {}
-        for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
-            cur = con.execute(f'SELECT * FROM "{table}"')
-            names = [d[0] for d in cur.description]
-            out[table] = sorted(tuple(str(v).replace(root, "STORE") for n, v in zip(names, r, strict=True)
-                                      if n != "mtime") for r in cur.fetchall())
-        con.close()
-        return out
-
-    ingested = rows(store / "index.duckdb", str(store))
-    reindexed = rows(tmp_path / "reindex.duckdb", str(store))
+    ingested = index_rows(store / "index.duckdb", store)
+    reindexed = index_rows(tmp_path / "reindex.duckdb", store)
     assert ingested["entities"] and ingested["attributes"]
     # "meta" holds the index's own bookkeeping (its published version), not rows of the store.
     assert {t: ingested[t] for t in reindexed if t != "meta"} == {t: r for t, r in reindexed.items() if t != "meta"}

@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 
 from cohort.errors import CohortError
-from cohort.index.catalog import STORE_TEMPLATE_DIR, FieldInfo, field_catalog
+from cohort.index.catalog import FieldInfo, field_catalog, store_template_dirs
 from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows, template_of
 from cohort.index.schema import (
     DERIVED,
@@ -163,12 +163,9 @@ class DuckIndex:
     def __init__(self, path: str | Path = ":memory:", *, template_dirs: Iterable[str | Path] = (),
                  read_only: bool = False) -> None:
         self.path = str(path)
-        dirs = list(template_dirs)
-        if self.path != ":memory:":
-            store_templates = Path(self.path).parent / STORE_TEMPLATE_DIR
-            if store_templates.is_dir():
-                dirs.append(store_templates)
-        self.template_dirs = tuple(dirs)
+        extra = tuple(template_dirs)
+        own = store_template_dirs(Path(self.path).parent) if self.path != ":memory:" else []
+        self.template_dirs = (*extra, *own)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as exc:
@@ -181,7 +178,7 @@ class DuckIndex:
             # An index written by an older version: upgrade it once in place, then read it.
             self.con.close()
             try:
-                with DuckIndex(self.path, template_dirs=dirs):
+                with DuckIndex(self.path, template_dirs=extra):
                     pass
                 self.con = duckdb.connect(self.path, read_only=True)
             except (duckdb.Error, CohortError) as exc:
@@ -265,10 +262,12 @@ class DuckIndex:
         todo = [p for p in files if str(p) not in known]
         report.unchanged = len(files) - len(todo)
         done = report.unchanged
+        templates: dict[str, TemplateConfig] | None = None  # for the files read here, loaded once
         for path, ex, error in _records(todo, self.template_dirs, workers, extracted or {}):
             key = str(path)
             if ex is not None and ex.identity_only and ex.series_uid not in series:
-                ex, error = _extract_one((key, tuple(str(d) for d in self.template_dirs)))
+                templates = templates if templates is not None else load_templates(self.template_dirs)
+                ex, error = _extract_with(key, templates)  # a new series: its rows come from its file
             if ex is None:
                 report.failed.append((key, f"not a readable DICOM file: {error}"))
             elif ex.sop_uid in sops:
@@ -519,11 +518,6 @@ def _changed(cursor: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _extract_one(args: tuple[str, tuple[str, ...]]) -> tuple[Extracted | None, str | None]:
-    path, dirs = args
-    return _extract_with(path, load_templates(dirs))
-
-
 def _extract_with(path: str, templates: dict[str, TemplateConfig]) -> tuple[Extracted | None, str | None]:
     try:
         return extract_file(path, templates), None
@@ -584,4 +578,23 @@ def unindexed_items(store: str | Path) -> list[UnindexedPath]:
         return index.unindexed_items()
 
 
-__all__ = ["DuckIndex", "AddReport", "UnindexedPath", "Progress", "unindexed_items", "append_rows", "columns"]
+def index_rows(index_file: str | Path, store: str | Path) -> dict[str, list[tuple[str, ...]]]:
+    """Every table of an index file as sorted rows of text, with the store's root written ``STORE`` and
+    file modification times left out: what two indexes of the same store's files must share (an
+    ingest and a reindex, or two versions of the code)."""
+    root = str(store)
+    con = duckdb.connect(str(index_file), read_only=True)
+    try:
+        out = {}
+        for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
+            cur = con.execute(f'SELECT * FROM "{table}"')
+            names = [d[0] for d in cur.description]
+            out[table] = sorted(tuple(str(v).replace(root, "STORE") for n, v in zip(names, row, strict=True)
+                                      if n != "mtime") for row in cur.fetchall())
+        return out
+    finally:
+        con.close()
+
+
+__all__ = ["DuckIndex", "AddReport", "UnindexedPath", "Progress", "index_rows", "unindexed_items", "append_rows",
+           "columns"]

@@ -34,7 +34,7 @@ from typing import Any
 import duckdb
 
 from cohort.errors import CohortError
-from cohort.index.catalog import STORE_TEMPLATE_DIR, FieldInfo
+from cohort.index.catalog import FieldInfo, store_template_dirs
 from cohort.index.duck import INDEX_FILE, DuckIndex, Progress
 from cohort.index.schema import TABLES
 
@@ -175,11 +175,8 @@ class SnapshotIndex(DuckIndex):
                  con: duckdb.DuckDBPyConnection | None = None) -> None:
         # Not DuckIndex.__init__: that would connect to the file path itself (see the module docstring).
         self.path = str(path)
-        dirs = list(template_dirs)
-        store_templates = Path(self.path).parent / STORE_TEMPLATE_DIR
-        if con is None and store_templates.is_dir():
-            dirs.append(store_templates)
-        self.template_dirs = tuple(dirs)
+        own = store_template_dirs(Path(self.path).parent) if con is None else []
+        self.template_dirs = (*template_dirs, *own)
         if con is None:
             con = duckdb.connect(":memory:")
             try:
