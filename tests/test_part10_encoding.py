@@ -10,6 +10,7 @@ and a reindex that reads every stored file.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -168,3 +169,18 @@ def test_an_image_record_is_identity_only_and_the_index_reads_the_series_from_it
         assert series_rows and series_rows == read.con.execute(query).fetchall()
         count = "SELECT series_uid, n_instances FROM entities WHERE kind = 'CT' ORDER BY ALL"
         assert given.con.execute(count).fetchall() == read.con.execute(count).fetchall()
+
+
+def test_a_sequence_pydicom_rewrites_still_reports_what_is_wrong_inside_it() -> None:
+    """A sequence stored with VR UN (pydicom decodes it as SQ and writes it so): it is rewritten, and
+    an invalid value in its item still raises its warning."""
+    inner = b"\x20\x00\x13\x00" + struct.pack("<L", 4) + b"1.5 "  # InstanceNumber "1.5", implicit VR
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(inner)) + inner
+    sequence = b"\x08\x00\x40\x11UN\x00\x00" + struct.pack("<L", len(item)) + item  # ReferencedImageSequence
+    uid = b"1.2.3.4\x00"
+    ds = pydicom.dcmread(io.BytesIO(b"\x08\x00\x18\x00UI" + struct.pack("<H", len(uid)) + uid + sequence),
+                         force=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_all(ds) == {0x00081140}
+    assert any("1.5" in m["message"] and "IS" in m["message"] for m in library_warnings(caught))

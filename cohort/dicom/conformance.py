@@ -292,10 +292,9 @@ def _decode_element(elem: DataElement | RawDataElement, ds: Dataset, charset: st
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             decoded = convert_raw_data_element(elem, encoding=charset, ds=ds)
-        if decoded.VR == "SQ":
-            same = _same_bytes(elem, decoded, charset) and all([_decode_items(item) for item in decoded.value or []])
-        else:
-            same = _same_bytes(elem, decoded, charset)
+        same = _same_bytes(elem, decoded, charset)
+        if decoded.VR == "SQ":  # every item is decoded, for its warnings, whatever the header says
+            same = all([_decode_items(item) for item in decoded.value or []]) and same
         found = _Decoded(tuple(caught), same)
         if key is not None:
             if len(_DECODED) >= _MEMO_ENTRIES:
