@@ -151,8 +151,8 @@ def prepare_sites(data: Path, sites: int, patients: int | list[int], seed: int =
                   min_cell_size: int | None = None, pin: str | None = PIN_PROJECT, ingest: bool = True) -> list[str]:
     """Synthesize ``sites`` sites into DATA/sites and ingest each into its store; returns the site names.
 
-    ``ingest=False`` leaves the ingest to the caller (the container test runs it in the site image: the
-    index records the store's absolute file paths, so a store is used where it was ingested).
+    ``ingest=False`` leaves the ingest to the caller (the container test runs it in the site image for
+    some sites and on the host for another).
 
     ``min_cell_size`` sets the sites' own disclosure threshold (a site's choice; tiny demo sites need
     a low one to release any count at all). ``pin``: the app release the sites answer (``app_release``

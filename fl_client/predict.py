@@ -357,7 +357,7 @@ def _sources(index: DuckIndex, inputs: PatientInputs) -> tuple[list[SourceObject
     for role, eid in [*chosen.items(), *((INDEX_EVENT_ROLE, e) for e in events)]:
         for path, sop, sop_class, series, study in by_entity.get(eid, []):
             out.append(SourceObject(role, sop_class, sop, series, study))
-            first.setdefault(role, Path(path))
+            first.setdefault(role, index.file_path(path))
     return out, first
 
 

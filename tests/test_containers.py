@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from cohort.ingest.run import ingest_folder
+from cohort.siteconfig import load_site_config
 from tests import podman as pm
 from tests.test_deployment import local  # deploy/local.py: compose commands, site preparation, certificates
 
@@ -214,10 +216,15 @@ def test_container_federation_negotiates_trains_and_refuses_unregistered_site(
         "(deploy/build-images.sh) from a clean checkout")
     sites = local.prepare_sites(data, SITES, PATIENTS, seed=3, min_cell_size=5, pin=digest, ingest=False)
     local.make_certs(certs, [*sites, "intruder"])
+    # The first site's store is ingested on the host (at DATA/sites/NAME/store) and its client container
+    # mounts it at /site/store: the index names files relative to the store, so training finds them there.
+    on_host, *in_image = sites
+    host_site = load_site_config(data / "sites" / on_host / "site.yaml")
+    assert ingest_folder(data / "sites" / on_host / "raw", host_site.store_path(), host_site).objects_written
     pm.chown_tree(data)
-    # Each site ingests its raw exports with the site image, into the store its client container mounts
-    # (compose's site-N-ingest, without the PACS). The index records absolute file paths: /site/store/...
-    for s in sites:
+    # The other sites ingest their raw exports with the site image, into the store their client containers
+    # mount (compose's site-N-ingest, without the PACS).
+    for s in in_image:
         ing = containers.run(f"ingest-{s}", images["site"],
                              ["cohort", "ingest", "/site/raw", "--store", "/site/store", "--site-config",
                               "/site/site.yaml", "--report", "/site/ingest_report.json", "--quiet"],

@@ -265,7 +265,7 @@ def _attach_files(index: DuckIndex, selections: Iterable[PatientSelection]) -> N
         for eid, path in index.con.execute("SELECT entity_id, path FROM ingested WHERE entity_id IN "
                                            "(SELECT unnest(?::INTEGER[])) ORDER BY entity_id, path",
                                            [sorted(set(wanted))]).fetchall():
-            files[int(eid)].append(Path(path))
+            files[int(eid)].append(index.file_path(path))
     for sel in sels:
         if ModelInput.CT in sel.inputs:
             sel.ct_files = files.get(sel.inputs[ModelInput.CT].entity_id, [])

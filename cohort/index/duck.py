@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo, field_catalog, store_template_dirs
 from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows, template_of
+from cohort.index.file_keys import file_key, file_path, moved_root, root_prefixes, store_root
 from cohort.index.schema import (
     DERIVED,
     ENTITY_TABLES,
@@ -205,8 +207,43 @@ class DuckIndex:
                 if (table, name) not in have:
                     self.con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sqltype}")
         self.fill_derived()
+        self._relativise_paths()
         self.con.execute("DELETE FROM meta WHERE key = 'schema_version'")
         self.con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+
+    def _relativise_paths(self) -> None:
+        """Schema 3: files inside the store are named relative to it (``file_keys``). Older indexes held
+        absolute paths, of this folder or of wherever the store was when it was indexed."""
+        root = self._file_root
+        if root is None:
+            return
+        prefixes = set(root_prefixes(root))
+        for (recorded,) in self.con.execute("SELECT path FROM ingested WHERE starts_with(path, '/') "
+                                            "ORDER BY path LIMIT 1").fetchall():
+            old = moved_root(recorded, root)
+            if old is not None:
+                prefixes.add(f"{old.rstrip('/')}/")
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            for table in ("ingested", "entities"):
+                self.con.execute(f"UPDATE {table} SET path = substr(path, ?) WHERE starts_with(path, ?)",
+                                 [len(prefix) + 1, prefix])
+
+    @cached_property
+    def _file_root(self) -> Path | None:
+        return store_root(self.path)
+
+    @cached_property
+    def _file_prefixes(self) -> tuple[str, ...]:
+        root = self._file_root
+        return root_prefixes(root) if root is not None else ()
+
+    def file_key(self, path: str | Path) -> str:
+        """How this index names the file at ``path`` (relative to the store when inside it)."""
+        return file_key(self._file_prefixes, path)
+
+    def file_path(self, key: str) -> Path:
+        """The file that the index's ``path`` value ``key`` names."""
+        return file_path(self._file_root, key)
 
     @classmethod
     def for_store(cls, store: str | Path, *, read_only: bool = False) -> DuckIndex:
@@ -246,30 +283,31 @@ class DuckIndex:
         files are not read, except an image whose record is ``identity_only`` and whose series is new.
         """
         files = [Path(p) for p in paths]
+        keys = {p: self.file_key(p) for p in files}
         report = AddReport()
         known = dict(self.con.execute("SELECT path, mtime FROM ingested").fetchall())
-        changed = [p for p in files if str(p) in known and known[str(p)] != p.stat().st_mtime]
+        changed = [p for p in files if keys[p] in known and known[keys[p]] != p.stat().st_mtime]
         if changed:
             self.remove(changed)
             for p in changed:
-                del known[str(p)]
+                del known[keys[p]]
         sops = {r[0] for r in self.con.execute("SELECT sop_uid FROM ingested").fetchall()}
         series = {r[0]: r[1] for r in self.con.execute(
             "SELECT series_uid, entity_id FROM entities WHERE kind IN ?", [list(IMAGE_KINDS)]).fetchall()}
         next_id = self._next_id()
         batch = _Batch()
         increments: dict[int, int] = {}
-        todo = [p for p in files if str(p) not in known]
+        todo = [p for p in files if keys[p] not in known]
         report.unchanged = len(files) - len(todo)
         done = report.unchanged
         templates: dict[str, TemplateConfig] | None = None  # for the files read here, loaded once
         for path, ex, error in _records(todo, self.template_dirs, workers, extracted or {}):
-            key = str(path)
+            key = keys[path]
             if ex is not None and ex.identity_only and ex.series_uid not in series:
                 templates = templates if templates is not None else load_templates(self.template_dirs)
-                ex, error = _extract_with(key, templates)  # a new series: its rows come from its file
+                ex, error = _extract_with(str(path), templates)  # a new series: its rows come from its file
             if ex is None:
-                report.failed.append((key, f"not a readable DICOM file: {error}"))
+                report.failed.append((str(path), f"not a readable DICOM file: {error}"))
             elif ex.sop_uid in sops:
                 report.duplicates += 1
             else:
@@ -302,8 +340,9 @@ class DuckIndex:
         ids = []
         next_id = self._next_id()
         for ex, path in objects:
-            _queue_entity(batch, next_id, ex, path)
-            batch.rows["ingested"].append((path, 0.0, ex.sop_uid, next_id))
+            key = self.file_key(path)
+            _queue_entity(batch, next_id, ex, key)
+            batch.rows["ingested"].append((key, 0.0, ex.sop_uid, next_id))
             ids.append(next_id)
             next_id += 1
         self._flush(batch, {})
@@ -333,7 +372,7 @@ class DuckIndex:
 
     def remove(self, paths: Iterable[str | Path]) -> int:
         """Forget the files at ``paths``; entities left without files are deleted. Returns files removed."""
-        keys = [str(p) for p in paths]
+        keys = [self.file_key(p) for p in paths]
         if not keys:
             return 0
         rows = self.con.execute("SELECT entity_id, count(*) FROM ingested WHERE path IN ? GROUP BY entity_id",
@@ -364,7 +403,7 @@ class DuckIndex:
         batch = _Batch()
         new_templates: list[tuple[str | None, int]] = []
         for n, (eid, path) in enumerate(srs, 1):
-            ds = read_dataset(path)
+            ds = read_dataset(self.file_path(path))
             key = template_of(ds, templates)
             items, concepts, _ = sr_rows(ds, templates.get(key) if key else None)
             batch.rows["items"] += [(eid, *r) for r in items]
@@ -494,7 +533,7 @@ class DuckIndex:
             "ORDER BY uid, i.path", [list(IMAGE_KINDS)] * 2 + [uids, list(IMAGE_KINDS), uids]).fetchall()
         out: dict[str, list[Path]] = {}
         for uid, path in rows:
-            out.setdefault(uid, []).append(Path(path))
+            out.setdefault(uid, []).append(self.file_path(path))
         return out
 
     def unindexed_items(self) -> list[UnindexedPath]:

@@ -35,7 +35,7 @@ fast.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"  # 3: files inside the store named relative to it (file_keys)
 
 IMAGE_KINDS = ("CT", "MR", "CR", "DX")
 
