@@ -12,6 +12,7 @@ the last sort, so DuckDB's zone maps let a query read only the row groups of the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -618,17 +619,18 @@ def unindexed_items(store: str | Path) -> list[UnindexedPath]:
 
 
 def index_rows(index_file: str | Path, store: str | Path) -> dict[str, list[tuple[str, ...]]]:
-    """Every table of an index file as sorted rows of text, with the store's root written ``STORE`` and
-    file modification times left out: what two indexes of the same store's files must share (an
-    ingest and a reindex, or two versions of the code)."""
-    root = str(store)
+    """Every table of an index file as sorted rows of text, with the store's files named relative to it
+    (as schema 3 names them; older indexes held absolute paths) and file modification times left out:
+    what two indexes of the same store's files must share (an ingest and a reindex, or two versions of
+    the code)."""
+    root = f"{os.path.abspath(store)}/"
     con = duckdb.connect(str(index_file), read_only=True)
     try:
         out = {}
         for (table,) in con.execute("SELECT table_name FROM information_schema.tables").fetchall():
             cur = con.execute(f'SELECT * FROM "{table}"')
             names = [d[0] for d in cur.description]
-            out[table] = sorted(tuple(str(v).replace(root, "STORE") for n, v in zip(names, row, strict=True)
+            out[table] = sorted(tuple(str(v).replace(root, "") for n, v in zip(names, row, strict=True)
                                       if n != "mtime") for row in cur.fetchall())
         return out
     finally:
