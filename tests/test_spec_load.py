@@ -172,6 +172,22 @@ def test_validate_spec_takes_its_catalog_explicitly() -> None:
     assert params["catalog"].default is inspect.Parameter.empty
 
 
+@pytest.mark.parametrize("name", ["parse_spec", "load_spec", "parse_text", "state_to_spec"])
+def test_entry_points_take_their_catalog_explicitly(name: str) -> None:
+    """As validate_spec: no default, so a caller that leaves the catalog out fails instead of silently
+    skipping the field checks; catalog=None (structure only) has to be written out at the call site."""
+    from cohort.dashboard.state import state_to_spec
+
+    fn = {"parse_spec": parse_spec, "load_spec": load_spec, "parse_text": parse_text,
+          "state_to_spec": state_to_spec}[name]
+    params = inspect.signature(fn).parameters
+    assert params["catalog"].default is inspect.Parameter.empty
+    assert params["catalog"].kind is inspect.Parameter.KEYWORD_ONLY  # as every caller passes it
+    positional = [p for p in params.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    with pytest.raises(TypeError, match="required keyword-only argument: 'catalog'"):
+        fn(*[None] * len(positional))
+
+
 def test_the_spec_layer_never_imports_the_index() -> None:
     """Parsing and validating without a catalog (text, YAML, dict) loads no module of cohort.index."""
     code = f"""
