@@ -283,7 +283,7 @@ def _probe_run(dep: Any, app_dir: Path, tmp: Path, run: str, signature: str) -> 
     from cohort.protocol import ANSWER_RECORD, CONFIG_RECORD, KEY_REQUEST_ID, KEY_SPEC_JSON, QUERY_ACTION
     from cohort.spec.load import load_spec
 
-    spec = load_spec(ROOT / "configs" / "cohort" / "pacemaker_tavi.yaml").to_dict()
+    spec = load_spec(ROOT / "configs" / "cohort" / "pacemaker_tavi.yaml", catalog=None).to_dict()
     request = tmp / f"{run}-request.json"
     request.write_text(json.dumps({"message_type": f"query.{QUERY_ACTION}", "record": CONFIG_RECORD,
                                    "answer": ANSWER_RECORD, "config": {KEY_SPEC_JSON: json.dumps(spec, sort_keys=True),

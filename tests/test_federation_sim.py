@@ -43,10 +43,10 @@ def _released_locally(site: Any, overrides: str) -> dict[str, Any]:
     from cohort.spec.load import parse_spec
 
     cfg = compose_config(None, overrides)
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    spec_json = parse_spec(cfg["cohort"], catalog=None).to_dict()
     requested = cfg["disclosure"]["requested_min_cell_size"]
     with DuckIndex.for_store(site.store_path(), read_only=True) as index:
-        counts = evaluate(index, parse_spec(spec_json))
+        counts = evaluate(index, parse_spec(spec_json, catalog=None))
     plain = release(counts, site.disclosure, requested_min_cell=requested, spec_fields=spec_fields(spec_json))
     answer = answer_query(site, {"spec": spec_json, "requested_min_cell": requested},
                           account=f"expected-{uuid.uuid4().hex}")

@@ -45,7 +45,8 @@ def _train_cfg(overrides: str = "") -> tuple[Any, dict[str, Any]]:
     from fl_server.config import compose_run_config
 
     cfg = compose_run_config(None, overrides)
-    record = ConfigRecord({KEY_SPEC_JSON: json.dumps(parse_spec(cfg["cohort"]).to_dict()), KEY_SUBSET: "labelled",
+    spec_json = parse_spec(cfg["cohort"], catalog=None).to_dict()
+    record = ConfigRecord({KEY_SPEC_JSON: json.dumps(spec_json), KEY_SUBSET: "labelled",
                            KEY_TRAINING_JSON: json.dumps({"model": cfg["model"], "training": cfg["training"],
                                                           "seed": cfg["seed"]})})
     return record, cfg

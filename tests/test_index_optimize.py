@@ -37,13 +37,14 @@ def built(bench, tmp_path_factory):
     expected = {}
     oracle = bench.baseline_oracle(result.chunks)
     for name, text in bench.SPECS.items():
-        expected[name] = oracle.evaluate(parse_text(text)).to_json()
+        expected[name] = oracle.evaluate(parse_text(text, catalog=None)).to_json()
     result.index.close()
     return path, expected
 
 
 def _counts(index: DuckIndex, bench) -> dict[str, object]:
-    return {name: evaluate(index, parse_text(text)).to_json() for name, text in bench.SPECS.items()}
+    return {name: evaluate(index, parse_text(text, catalog=None)).to_json()
+            for name, text in bench.SPECS.items()}
 
 
 def test_sorted_index_gives_the_oracles_counts(built, bench) -> None:
@@ -67,7 +68,7 @@ def test_rows_without_derived_columns_are_filled(built, bench, tmp_path) -> None
         index.con.execute("UPDATE attributes SET pid = NULL, kind = NULL WHERE entity_id % 5 = 0")
         index.con.execute("CHECKPOINT")
     with DuckIndex(copy, read_only=True) as index, pytest.raises(CohortError, match="read-only"):
-        evaluate(index, parse_text(bench.SPECS["nested_three"]))
+        evaluate(index, parse_text(bench.SPECS["nested_three"], catalog=None))
     with DuckIndex(copy) as index:
         assert _counts(index, bench) == expected
         assert index.scalar("SELECT count(*) FROM entities WHERE pid IS NULL") == 0

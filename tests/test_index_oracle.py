@@ -65,7 +65,7 @@ def test_exists_false_is_about_the_whole_entity(pair) -> None:
 @pytest.mark.parametrize("text", FIXED)
 def test_fixed_specs_agree_with_the_oracle(pair, text: str) -> None:
     index, oracle = pair
-    spec = parse_text(text, validate=False)
+    spec = parse_text(text, catalog=None, validate=False)
     assert evaluate(index, spec).to_json() == oracle.evaluate(spec).to_json()
 
 

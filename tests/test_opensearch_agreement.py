@@ -36,9 +36,10 @@ PATIENTS = int(os.environ.get("COHORT_OPENSEARCH_AGREEMENT_PATIENTS", "2000"))
 def all_specs() -> list[tuple[str, CohortSpec]]:
     from bench.query import SPECS as BENCH_SPECS
 
-    specs = [(f"configs/{p.stem}", load_spec(p)) for p in sorted((ROOT / "configs" / "cohort").glob("*.yaml"))]
+    specs = [(f"configs/{p.stem}", load_spec(p, catalog=None))
+             for p in sorted((ROOT / "configs" / "cohort").glob("*.yaml"))]
     specs += [(f"case/{c.id}", CohortSpec.model_validate(c.spec)) for c in CASES]
-    specs += [(f"bench/{name}", parse_text(text)) for name, text in BENCH_SPECS.items()]
+    specs += [(f"bench/{name}", parse_text(text, catalog=None)) for name, text in BENCH_SPECS.items()]
     return specs
 
 

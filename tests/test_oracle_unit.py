@@ -158,7 +158,7 @@ RV = ("53085002", "SCT", "Right ventricle")
 
 
 def q(text: str):
-    return parse_text(text, validate=False)
+    return parse_text(text, catalog=None, validate=False)
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def predicted(tmp_path_factory: pytest.TempPathFactory) -> Predicted:
     c = copy_consortium(build_consortium(tmp_path_factory), tmp_path_factory.mktemp("predict") / "sites")
     site = c.site(0)
     cfg = compose_run_config(None, "training.normalization=site")
-    spec_json = parse_spec(cfg["cohort"]).to_dict()
+    spec_json = parse_spec(cfg["cohort"], catalog=None).to_dict()
     training_json = json.dumps({"model": cfg["model"], "training": cfg["training"], "seed": cfg["seed"]})
     settings = TrainingSettings.from_json(training_json)
     weights, _ = fit(site, spec_json, SUBSET, settings, initial_arrays(cfg["model"], 0).to_numpy_ndarrays())
@@ -193,6 +193,7 @@ def test_a_spec_on_the_prediction_counts_the_patients_a_pydicom_walk_finds(predi
 def test_a_later_export_can_exclude_the_patients_the_model_was_trained_on(predicted: Predicted,
                                                                         tmp_path: Path) -> None:
     from cohort.export import export_cohort
+    from cohort.index.catalog import store_catalog
     from cohort.spec.load import parse_spec
 
     p = predicted
@@ -200,7 +201,8 @@ def test_a_later_export_can_exclude_the_patients_the_model_was_trained_on(predic
     spec["objects"]["trained"] = {"kind": "SR", "template": "prediction",
                                   "where": [{"field": "used_in_training", "op": "=", "value": True}]}
     spec["cohort"] = {"all": [spec["cohort"], {"not": "trained"}]}
-    export_cohort(p.store, parse_spec(spec), tmp_path / "later")
+    # checked against the store's own catalog, as `cohort export --store` does
+    export_cohort(p.store, parse_spec(spec, catalog=store_catalog(p.store)), tmp_path / "later")
     later = {m["patient"] for m in json.loads((tmp_path / "later" / "manifest.json").read_text())["patients"]}
     scored = {q.patient: q.used_in_training for q in p.report.predictions}
     assert later and not any(scored.get(pid) for pid in later)
@@ -209,12 +211,14 @@ def test_a_later_export_can_exclude_the_patients_the_model_was_trained_on(predic
 
 def test_patients_without_a_known_label_are_scored(predicted: Predicted) -> None:
     """A spec without a label (patients whose outcome is not known yet): every patient with the inputs is scored."""
+    from cohort.index.catalog import store_catalog
     from cohort.spec.load import parse_spec
     from fl_client.predict import predict_cohort
 
     p = predicted
     spec = {k: v for k, v in p.spec_json.items() if k != "label"}
-    report = predict_cohort(p.store, spec=parse_spec(spec))
+    # checked against the store's own catalog, as `fl-client predict --spec` does
+    report = predict_cohort(p.store, spec=parse_spec(spec, catalog=store_catalog(p.store)))
     assert report.predictions and all(q.label is None for q in report.predictions)
     assert {q.patient for q in report.predictions} == {q.patient for q in p.report.predictions}
     earlier = {q.sop_instance_uid: q.probability for q in p.report.predictions}

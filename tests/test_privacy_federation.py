@@ -278,7 +278,7 @@ def test_every_released_cell_meets_the_minimum_across_specs_sites_and_policies(c
         site = consortium.site(i)
         with DuckIndex.for_store(site.store_path(), read_only=True) as index:
             for spec_name, spec_json in _sweep_specs().items():
-                raw = evaluate(index, parse_spec(spec_json))
+                raw = evaluate(index, parse_spec(spec_json, catalog=None))
                 # The real path (site policy, audit) ...
                 answer = answer_query(site, {"spec": spec_json, "requested_min_cell": 1})
                 assert answer.status == STATUS_ANSWERED, (spec_name, answer.reason)

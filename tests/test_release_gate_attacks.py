@@ -75,7 +75,7 @@ def run_cfg() -> dict[str, Any]:
 def _spec(cfg: dict[str, Any]) -> dict[str, Any]:
     from cohort.spec.load import parse_spec
 
-    return parse_spec(cfg["cohort"]).to_dict()
+    return parse_spec(cfg["cohort"], catalog=None).to_dict()
 
 
 def _send(grid: LocalGrid, message_type: str, cfg: dict[str, Any], *, record: str = CONFIG_RECORD,
@@ -105,7 +105,7 @@ def _raw(c: Consortium, spec: dict[str, Any]) -> CohortCounts:
     from cohort.spec.load import parse_spec
 
     with DuckIndex.for_store(c.site(0).store_path(), read_only=True) as index:
-        return evaluate(index, parse_spec(spec))
+        return evaluate(index, parse_spec(spec, catalog=None))
 
 
 def _cells(r: ReleasedCounts) -> dict[tuple[Any, ...], int]:

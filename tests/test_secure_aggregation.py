@@ -73,7 +73,7 @@ def plain_answers(grid: Any, spec_json: dict[str, Any]) -> list[Any]:
 
 
 def true_counts(c: Consortium, spec_json: dict[str, Any]) -> list[Any]:
-    return [local_counts(c.site(i), parse_spec(spec_json)) for i in range(c.n_sites)]
+    return [local_counts(c.site(i), parse_spec(spec_json, catalog=None)) for i in range(c.n_sites)]
 
 
 def noisy_cells(totals: Any) -> set[str]:
@@ -109,7 +109,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Consortium:
 
 @pytest.fixture(scope="module")
 def spec_json() -> dict[str, Any]:
-    return parse_spec(compose_config()["cohort"]).to_dict()
+    return parse_spec(compose_config()["cohort"], catalog=None).to_dict()
 
 
 @pytest.fixture()
@@ -369,7 +369,7 @@ def test_a_repeated_identical_query_returns_the_same_noisy_answer(open_sites: Co
     assert PrivacyLedger(site.store_path()).spent("coord") == spent == 1.0
     # The answer is noisy (not the exact counts) and never below the minimum cell.
     rel = ReleasedCounts.from_json(json.loads(first.released_json))
-    truth = local_counts(site, parse_spec(spec_json))
+    truth = local_counts(site, parse_spec(spec_json, catalog=None))
     cells = [rel.patients, *rel.subsets.values(), *(v for lab in rel.labels.values() for v in lab.values())]
     assert all(v is None or v >= 5 for v in cells)
     exact = [truth.patients, *(sc.patients for sc in truth.subsets.values())]
@@ -449,7 +449,7 @@ def simulated(shared: Consortium, tmp_path_factory: pytest.TempPathFactory) -> d
     c = four_sites(shared, root / "sites", min_cell_size=SIM_MIN_CELL)
     c.set_policy(3, dp_epsilon=1.0, dp_budget=DP_BUDGET)
     quiet_flower(root / "flwr-home")
-    spec = parse_spec(compose_config()["cohort"]).to_dict()
+    spec = parse_spec(compose_config()["cohort"], catalog=None).to_dict()
     other = copy.deepcopy(spec)  # other patients at every site (the same ones again over fewer sites is refused)
     other["cohort"] = {"all": ["tavi", "ecg", {"not": "prior_pacemaker"}]}
     probe = copy.deepcopy(spec)

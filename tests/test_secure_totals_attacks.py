@@ -80,7 +80,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Consortium:
 
 @pytest.fixture(scope="module")
 def spec_json() -> dict[str, Any]:
-    return parse_spec(compose_config()["cohort"]).to_dict()
+    return parse_spec(compose_config()["cohort"], catalog=None).to_dict()
 
 
 def pin_secrets(c: Consortium) -> None:
@@ -413,7 +413,7 @@ def test_reports_show_the_consortium_positives_of_the_agreed_subset(shared: Cons
 
     c = four_sites(shared, tmp_path / "sites", min_cell_size=4, secure_epsilon=2.0)
     pin_secrets(c)
-    truth = true_counts(c, parse_spec(compose_config()["cohort"]).to_dict())
+    truth = true_counts(c, parse_spec(compose_config()["cohort"], catalog=None).to_dict())
     positives = [t.subsets["labelled"].positive for t in truth]
     assert max(positives) < 4 <= sum(positives)
     texts: list[str] = []

@@ -100,7 +100,7 @@ def test_errors_name_the_path_and_suggest(mutate, path: str, words: str) -> None
 def test_identifying_requests_are_expressible_then_refused() -> None:
     data = _spec(distributions=[{"object": "ecg", "field": "patient_id"}])
     data["objects"]["ecg"]["where"].append({"field": "patient_name", "op": "contains", "value": "Müller"})
-    raw = parse_spec(data, validate=False)  # a site can read it ...
+    raw = parse_spec(data, catalog=None, validate=False)  # a site can read it ...
     assert [v.path for v in privacy_violations(raw)] == ["objects.ecg.where[2].field", "distributions[0].field"]
     with pytest.raises(IdentifyingRequestError) as info:  # ... and validation refuses it
         parse_spec(data, catalog=CATALOG)
@@ -119,11 +119,11 @@ def test_units_are_checked_against_the_field() -> None:
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="does not exist"):
-        load_spec(tmp_path / "nope.yaml")
+        load_spec(tmp_path / "nope.yaml", catalog=None)
     bad = tmp_path / "bad.yaml"
     bad.write_text("objects: [\n")
     with pytest.raises(SpecError, match="not valid YAML"):
-        load_spec(bad)
+        load_spec(bad, catalog=None)
 
 
 @pytest.mark.parametrize("mutate, path, words", [
@@ -139,7 +139,7 @@ def test_without_a_catalog_fields_are_not_checked(mutate, path: str, words: str)
     """catalog=None checks the structure only: what needs the catalog is refused only when one is passed."""
     data = _spec()
     mutate(data)
-    spec = parse_spec(data)  # no catalog: no field is looked up
+    spec = parse_spec(data, catalog=None)  # no catalog: no field is looked up
     assert validate_spec(spec, None) is spec
     with pytest.raises(SpecError) as info:
         parse_spec(data, catalog=CATALOG)
@@ -161,7 +161,7 @@ def test_without_a_catalog_the_structure_is_still_checked(mutate, path: str) -> 
     data = _spec()
     mutate(data)
     with pytest.raises(SpecError) as info:
-        parse_spec(data)
+        parse_spec(data, catalog=None)
     assert getattr(info.value, "path", None) == path
 
 
@@ -172,15 +172,32 @@ def test_validate_spec_takes_its_catalog_explicitly() -> None:
     assert params["catalog"].default is inspect.Parameter.empty
 
 
+@pytest.mark.parametrize("name", ["parse_spec", "load_spec", "parse_text", "state_to_spec"])
+def test_entry_points_take_their_catalog_explicitly(name: str) -> None:
+    """As validate_spec: no default, so a caller that leaves the catalog out fails instead of silently
+    skipping the field checks; catalog=None (structure only) has to be written out at the call site."""
+    from cohort.dashboard.state import state_to_spec
+
+    fn = {"parse_spec": parse_spec, "load_spec": load_spec, "parse_text": parse_text,
+          "state_to_spec": state_to_spec}[name]
+    params = inspect.signature(fn).parameters
+    assert params["catalog"].default is inspect.Parameter.empty
+    assert params["catalog"].kind is inspect.Parameter.KEYWORD_ONLY  # as every caller passes it
+    positional = [p for p in params.values() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    with pytest.raises(TypeError, match="required keyword-only argument: 'catalog'"):
+        fn(*[None] * len(positional))
+
+
 def test_the_spec_layer_never_imports_the_index() -> None:
     """Parsing and validating without a catalog (text, YAML, dict) loads no module of cohort.index."""
     code = f"""
 import sys
 from cohort.spec import load_spec, parse_spec, parse_text, validate_spec
-spec = load_spec({str(CONFIGS / "pacemaker_tavi.yaml")!r})
+spec = load_spec({str(CONFIGS / "pacemaker_tavi.yaml")!r}, catalog=None)
 assert validate_spec(spec, None) is spec
-assert parse_spec(spec.to_dict()) == spec
-text = parse_text("e := SR:ecg_report[qrs_duraton >= 3]; cohort e")  # unknown field: not looked up
+assert parse_spec(spec.to_dict(), catalog=None) == spec
+# an unknown field: not looked up
+text = parse_text("e := SR:ecg_report[qrs_duraton >= 3]; cohort e", catalog=None)
 assert text.objects["e"].where[0].field == "qrs_duraton"
 loaded = sorted(m for m in sys.modules if m == "cohort.index" or m.startswith("cohort.index."))
 assert loaded == [], loaded

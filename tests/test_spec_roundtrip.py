@@ -17,19 +17,19 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 @given(spec_shapes())
 def test_text_round_trip_of_any_shape(spec: CohortSpec) -> None:
     text = spec_to_text(spec)
-    assert parse_text(text, validate=False) == spec, text
+    assert parse_text(text, catalog=None, validate=False) == spec, text
 
 
 @FAST
 @given(spec_shapes())
 def test_one_line_text_round_trip(spec: CohortSpec) -> None:
-    assert parse_text(spec_to_text(spec, separator="; "), validate=False) == spec
+    assert parse_text(spec_to_text(spec, separator="; "), catalog=None, validate=False) == spec
 
 
 @FAST
 @given(spec_shapes())
 def test_yaml_round_trip_of_any_shape(spec: CohortSpec) -> None:
-    assert parse_spec(yaml.safe_load(spec_to_yaml(spec)), validate=False) == spec
+    assert parse_spec(yaml.safe_load(spec_to_yaml(spec)), catalog=None, validate=False) == spec
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

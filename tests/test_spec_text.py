@@ -38,9 +38,9 @@ def test_brief_example_compiles() -> None:
     ("any(a, b or c)", Or(any=["a", Or(any=["b", "c"])])),
 ], ids=["and-binds-tighter", "not-binds-tightest", "parens", "nested-kept", "double-not", "all-one", "any-fn"])
 def test_precedence(expr: str, tree: object) -> None:
-    spec = parse_text(f"a := CT; b := CT; c := CT; cohort {expr}", validate=False)
+    spec = parse_text(f"a := CT; b := CT; c := CT; cohort {expr}", catalog=None, validate=False)
     assert spec.cohort == tree
-    assert parse_text(spec_to_text(spec), validate=False).cohort == tree
+    assert parse_text(spec_to_text(spec), catalog=None, validate=False).cohort == tree
 
 
 def test_groups_get_names_and_keep_them() -> None:
@@ -55,7 +55,7 @@ def test_groups_get_names_and_keep_them() -> None:
     ("after t", (0, None)), ("within -90..-10 days of t", (-90, -10)), ("within ..5 days of t", (None, 5)),
 ], ids=["after", "of", "before-open", "after-open", "range", "open-range"])
 def test_windows(window: str, bounds: tuple[int | None, int | None]) -> None:
-    spec = parse_text(f"e := ECG {window}; t := CT; cohort e", validate=False)
+    spec = parse_text(f"e := ECG {window}; t := CT; cohort e", catalog=None, validate=False)
     w = spec.objects["e"].within
     assert w is not None and (w.min_days, w.max_days) == bounds
 
@@ -69,7 +69,8 @@ def test_window_fields() -> None:
 
 def test_values_keep_their_types() -> None:
     spec = parse_text('x := CT[a = 1, b = 1.0, c = "1", d = yes, e = self-expanding, f in (1, "two", false), '
-                      'g contains "Bv \\"36\\"", h >= 2020-01-01, i exists]; cohort x', validate=False)
+                      'g contains "Bv \\"36\\"", h >= 2020-01-01, i exists]; cohort x',
+                      catalog=None, validate=False)
     values = [p.value for p in spec.objects["x"].where]
     assert values == [1, 1.0, "1", True, "self-expanding", [1, "two", False], 'Bv "36"', "2020-01-01", None]
     assert [type(v) for v in values[:4]] == [int, float, str, bool]

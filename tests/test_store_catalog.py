@@ -1,17 +1,21 @@
 """One field catalog per store: a field a store's own template config defines works at every entry point.
 
 A template config in ``STORE/templates`` adds a text field (the ECG device's name, a TID 1004 item of
-every ECG report). ``cohort query``, the dashboard API, a site's answer to a coordinator and the
-training export all read it; the coordinator knows it from ``federation.template_configs``; and to a
-coordinator it is free text, refused in comparisons like the built-in free-text fields.
+every ECG report). ``cohort query``, the dashboard API, a site's answer to a coordinator, the
+training export and ``fl-client predict --spec`` all read it; the coordinator knows it from
+``federation.template_configs``; and to a coordinator it is free text, refused in comparisons like the
+built-in free-text fields.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cohort.cli import _register, app
@@ -22,12 +26,14 @@ from cohort.ingest.run import ingest_folder
 from cohort.protocol import STATUS_ANSWERED, STATUS_REFUSED
 from cohort.release.gate import ReleaseGate
 from cohort.siteconfig import SiteConfig
+from cohort.spec.model import CohortSpec
 from cohort.spec.privacy import free_text_fields
 from cohort.synth.model import generate_site
 from cohort.synth.profiles import PROFILES
 from cohort.synth.writers.ecg import prepare_export
 from cohort.synth.writers.scpecg import render_scpecg
 from fl_client.local import export_dir
+from fl_client.predict import PredictReport
 from fl_server.config import compose_config
 from fl_server.federation import coordinator_spec
 
@@ -116,6 +122,38 @@ def test_the_training_export_reads_the_stores_field(site: SiteConfig) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["patients"]) == 3  # unlabelled (the spec has no label), but all three selected
     assert manifest["spec"]["objects"]["ecg"]["where"][0]["field"] == FIELD
+
+
+def test_fl_client_predict_checks_its_spec_against_the_stores_catalog(site: SiteConfig, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fl-client predict --spec``: the store's own field is accepted and reaches the scoring; an unknown
+    field is refused before any model is read, naming its path and the store's field as the suggestion."""
+    import fl_client.predict
+    from fl_client.cli import app as client_cli
+
+    got: list[CohortSpec] = []
+
+    def scored(store: Path, *, spec: CohortSpec, **_: Any) -> PredictReport:  # no model needed: keeps it fast
+        got.append(spec)
+        return PredictReport("0" * 64, spec.name, None)
+
+    monkeypatch.setattr(fl_client.predict, "predict_cohort", scored)
+    spec_file = tmp_path / "devices.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    args = ["predict", "--store", str(site.store_path()), "--spec", str(spec_file), "--json"]
+    res = runner.invoke(client_cli, args)
+    assert res.exit_code == 0, res.output
+    assert [s.objects["ecg"].where[0].field for s in got] == [FIELD]  # parsed, then handed to predict_cohort
+
+    typo = json.loads(json.dumps(SPEC))
+    typo["objects"]["ecg"]["where"][0]["field"] = "ecg_device_nme"
+    spec_file.write_text(yaml.safe_dump(typo))
+    res = runner.invoke(client_cli, args)
+    assert isinstance(res.exception, SpecError), res.output
+    msg = str(res.exception)
+    assert "objects.ecg.where[0].field" in msg and "unknown field 'ecg_device_nme'" in msg
+    assert f"did you mean {FIELD!r}" in msg  # suggested from the store's own template config
+    assert len(got) == 1  # refused before predict_cohort
 
 
 def test_the_coordinator_checks_the_field_against_the_consortiums_template_configs(site: SiteConfig) -> None:

@@ -158,14 +158,14 @@ def base_objects(present: Sequence[tuple[str, str | None]]) -> dict[str, dict[st
 
 
 def state_to_spec(state: DashboardState, present: Sequence[tuple[str, str | None]], *,
-                  catalog: Mapping[str, Any] | None = None) -> tuple[CohortSpec, list[str]]:
+                  catalog: Mapping[str, Any] | None) -> tuple[CohortSpec, list[str]]:
     """The CohortSpec of ``state`` and notices about parts that had to be dropped.
 
     Subsets, the label, distributions, time windows and cohort terms that name an object the state no
     longer has are dropped (with a notice) instead of failing: removing a group must always work.
     With no group and no other term the cohort is every patient with an indexed object of a kind in
     ``present`` (the store's (kind, template) pairs). Fields are checked against ``catalog`` (the
-    store's, as the dashboard passes it); None checks the structure only.
+    store's, as the dashboard passes it; required); None checks the structure only.
 
     Raises:
         SpecError: the state is not a valid spec (unknown field, bad value ...), naming the place.

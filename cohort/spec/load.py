@@ -124,14 +124,15 @@ def _translate(err: pydantic.ValidationError) -> SpecPathError:
     return SpecPathError(path, f"{first['msg']} (got {given!r}){suffix}")
 
 
-def parse_spec(data: Mapping[str, Any], *, catalog: Mapping[str, Any] | None = None,
+def parse_spec(data: Mapping[str, Any], *, catalog: Mapping[str, Any] | None,
                validate: bool = True) -> CohortSpec:
     """A CohortSpec from its dict (YAML) form.
 
     Args:
         data: the spec as plain data (``CohortSpec.to_dict()`` gives it back).
         catalog: the indexed fields to check against (a store's ``store_catalog``, or the built-in
-            ``field_catalog()``); None checks the structure only (``validate_spec``).
+            ``field_catalog()``); None checks the structure only (``validate_spec``). Required, as in
+            ``validate_spec``: no default, so no caller skips the field checks by leaving it out.
         validate: False returns the spec after shape checks only (e.g. so a site can inspect and
             refuse an identifying request itself).
 
@@ -201,14 +202,14 @@ def _compose(path: Path, overrides: Sequence[str], search_paths: Sequence[Path])
     return typing.cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
 
 
-def load_spec(path: str | Path, *, overrides: Sequence[str] = (), catalog: Mapping[str, Any] | None = None,
+def load_spec(path: str | Path, *, overrides: Sequence[str] = (), catalog: Mapping[str, Any] | None,
               validate: bool = True, search_paths: Sequence[Path] = (PROJECT_COHORT_CONFIGS,)) -> CohortSpec:
     """Read a YAML spec file; Hydra composes it when it has a ``defaults`` list or overrides are given.
 
     Args:
         path: the spec file.
         overrides: Hydra overrides, e.g. ``["objects.ecg.within.min_days=-30"]``.
-        catalog: see ``parse_spec``.
+        catalog: see ``parse_spec`` (required; None checks the structure only).
         validate: see ``parse_spec``.
         search_paths: further folders Hydra searches for ``objects/...`` (the project's
             ``configs/cohort`` by default), so a spec outside the tree can use the shared objects.

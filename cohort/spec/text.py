@@ -493,12 +493,13 @@ def _position(positions: Mapping[str, int], path: str) -> int | None:
     return None
 
 
-def parse_text(source: str, *, catalog: Mapping[str, Any] | None = None, validate: bool = True) -> CohortSpec:
+def parse_text(source: str, *, catalog: Mapping[str, Any] | None, validate: bool = True) -> CohortSpec:
     """Compile a text query into a CohortSpec.
 
     Args:
         source: the text query.
-        catalog: the indexed fields to check against (see ``parse_spec``); None checks the structure only.
+        catalog: the indexed fields to check against (see ``parse_spec``); required, None checks the
+            structure only.
         validate: False skips ``validate_spec`` (the spec after shape checks only).
 
     Raises:
