@@ -259,7 +259,7 @@ def test_store_templates_reindex_and_unindexed_items(tmp_path: Path) -> None:
     assert "122144 DCM/122158 DCM/2:16156 MDC" not in missing
     _write(store / "templates" / "language.yaml",
            f"key: ecg_report\nfields:\n  report_language:\n    path: ['{lang}']\n    type: coded\n")
-    assert reindex(store) == 1
+    assert reindex(store).srs == 1
     with DuckIndex.for_store(store) as index:
         assert index.count_items("report_language") == 1 and index.count_items("qrs_duration") == 1
         assert "report_language" in index.catalog

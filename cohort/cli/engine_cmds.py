@@ -93,8 +93,10 @@ def reindex(store: Annotated[Path, typer.Option(help="store folder")],
             derive: Annotated[bool, typer.Option(help="first write the measurement SRs of stored SEGs that lack "
                                                       "one (stores ingested before derivation existed)")] = False,
             ) -> None:
-    """Rebuild the SR items of the index after template extraction configs changed."""
+    """Bring the index in line with the store's files (rebuilt from them when lost) and re-extract SR items
+    after template extraction configs changed."""
     from cohort.index.publish import reindex as do_reindex
+    from cohort.ingest.pipeline import default_workers
 
     if derive:
         from cohort.index.publish import update_index
@@ -112,8 +114,11 @@ def reindex(store: Annotated[Path, typer.Option(help="store folder")],
         console.print(f"derived {result.written} measurement SRs ({len(result.objects) - result.written} "
                       "already stored)")
     with progress_callback(True) as cb:
-        n = do_reindex(store, progress=lambda done, total: cb("reindexing", done, total))
-    console.print(f"reindexed {n} objects")
+        done = do_reindex(store, progress=cb, workers=default_workers())
+    for path, reason in done.failed:
+        console.print(f"[yellow]{path}: not indexed: {reason}[/]")
+    console.print(f"index of {store}: {done.added} stored files added, {done.removed} missing files removed, "
+                  f"{done.srs} SRs re-extracted" + (f", {len(done.failed)} files unreadable" if done.failed else ""))
 
 
 @app.command()

@@ -25,7 +25,14 @@ import numpy as np
 
 from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo, field_catalog, store_template_dirs
-from cohort.index.extract import Extracted, extract_file, read_dataset, sr_rows, template_of
+from cohort.index.extract import (
+    Extracted,
+    extract_file,
+    extract_for_index,
+    read_dataset,
+    sr_rows,
+    template_of,
+)
 from cohort.index.file_keys import file_key, file_path, moved_root, root_prefixes, store_root
 from cohort.index.schema import (
     DERIVED,
@@ -295,7 +302,7 @@ class DuckIndex:
         sops = {r[0] for r in self.con.execute("SELECT sop_uid FROM ingested").fetchall()}
         series = {r[0]: r[1] for r in self.con.execute(
             "SELECT series_uid, entity_id FROM entities WHERE kind IN ?", [list(IMAGE_KINDS)]).fetchall()}
-        next_id = self._next_id()
+        next_id = self.next_entity_id()
         batch = _Batch()
         increments: dict[int, int] = {}
         todo = [p for p in files if keys[p] not in known]
@@ -339,7 +346,7 @@ class DuckIndex:
         """Index already extracted objects (with their file paths); returns their entity ids."""
         batch = _Batch()
         ids = []
-        next_id = self._next_id()
+        next_id = self.next_entity_id()
         for ex, path in objects:
             key = self.file_key(path)
             _queue_entity(batch, next_id, ex, key)
@@ -349,8 +356,14 @@ class DuckIndex:
         self._flush(batch, {})
         return ids
 
-    def _next_id(self) -> int:
+    def next_entity_id(self) -> int:
+        """The id the next indexed entity gets."""
         return int(self.scalar("SELECT coalesce(max(entity_id), 0) + 1 FROM entities"))
+
+    def missing_files(self) -> list[Path]:
+        """Indexed files that no longer exist."""
+        paths = (self.file_path(k) for (k,) in self.con.execute("SELECT path FROM ingested").fetchall())
+        return [p for p in paths if not p.exists()]
 
     def scalar(self, sql: str, params: Sequence[object] = ()) -> Any:
         """The first column of the one row ``sql`` returns (aggregates always return a row)."""
@@ -397,10 +410,16 @@ class DuckIndex:
             raise
         return sum(k for _, k in rows)
 
-    def reindex(self, progress: Progress | None = None) -> int:
-        """Re-extract SR items from the stored files after template configs changed; returns SRs read."""
+    def reindex(self, progress: Progress | None = None, *, before: int | None = None) -> int:
+        """Re-extract SR items from the stored files after template configs changed; returns SRs read.
+
+        ``before``: only entities with a smaller id (those from ``next_entity_id()`` on were just indexed
+        with the configs in force, and keep their rows).
+        """
         templates = self.templates
-        srs = self.con.execute("SELECT entity_id, path FROM entities WHERE kind = 'SR' ORDER BY entity_id").fetchall()
+        limit = before if before is not None else self.next_entity_id()
+        srs = self.con.execute("SELECT entity_id, path FROM entities WHERE kind = 'SR' AND entity_id < ? "
+                               "ORDER BY entity_id", [limit]).fetchall()
         batch = _Batch()
         new_templates: list[tuple[str | None, int]] = []
         for n, (eid, path) in enumerate(srs, 1):
@@ -414,8 +433,8 @@ class DuckIndex:
                 progress(n, len(srs))
         self.con.execute("BEGIN")
         try:
-            self.con.execute("DELETE FROM items")
-            self.con.execute("DELETE FROM concepts")
+            self.con.execute("DELETE FROM items WHERE entity_id < ?", [limit])
+            self.con.execute("DELETE FROM concepts WHERE entity_id < ?", [limit])
             if new_templates:  # before the items: they take their entity's template
                 self.con.executemany("UPDATE entities SET template = ? WHERE entity_id = ?", new_templates)
             batch.flush(self.con)
@@ -558,17 +577,21 @@ def _changed(cursor: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _extract_with(path: str, templates: dict[str, TemplateConfig]) -> tuple[Extracted | None, str | None]:
+def _extract_with(path: str, templates: dict[str, TemplateConfig], *, images: str = "full"
+                  ) -> tuple[Extracted | None, str | None]:
+    """``extract_file`` (``images="identity"``: ``extract_for_index``), an unreadable file as its error."""
     try:
-        return extract_file(path, templates), None
+        read = extract_for_index if images == "identity" else extract_file
+        return read(path, templates), None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
         return None, str(exc)
 
 
 def _extract_chunk(args: tuple[list[str], tuple[str, ...]]) -> list[tuple[Extracted | None, str | None]]:
+    """Rows of a chunk of files; an image's identity only (``add_files`` reads a new series' rows itself)."""
     paths, dirs = args
     templates = load_templates(dirs)  # once per chunk: it checks every config file's mtime
-    return [_extract_with(p, templates) for p in paths]
+    return [_extract_with(p, templates, images="identity") for p in paths]
 
 
 _CHUNK = 32

@@ -96,6 +96,23 @@ def extract_file(path: str | Path, templates: dict[str, TemplateConfig]) -> Extr
     return extract_dataset(read_dataset(path), templates)
 
 
+def extract_for_index(path: str | Path, templates: dict[str, TemplateConfig]) -> Extracted:
+    """Rows for the DICOM file at ``path`` as the index needs them from a file it reads among many: an
+    image's identity only (``identity_only``; the index reads the whole header of the first file it meets
+    of a new series), everything else in full."""
+    ds = read_dataset(path)
+    return _identity(ds) if kind_of(ds) in IMAGE_KINDS else extract_dataset(ds, templates)
+
+
+def _identity(ds: Dataset) -> Extracted:
+    """An image instance's identity, without its series rows."""
+    return Extracted(
+        kind=kind_of(ds), template=None, patient_id=str(ds.get("PatientID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")), series_uid=str(ds.get("SeriesInstanceUID", "")),
+        sop_uid=str(ds.get("SOPInstanceUID", "")), sop_class_uid=str(ds.get("SOPClassUID", "")),
+        modality=str(ds.get("Modality", "")), entity_date=None, entity_datetime=None, identity_only=True)
+
+
 def extract_encoded(ds: Dataset, encoded: bytes, templates: dict[str, TemplateConfig]) -> Extracted:
     """Rows for an object that ingest has just encoded as ``encoded`` from ``ds``, without reading its file.
 
@@ -104,13 +121,8 @@ def extract_encoded(ds: Dataset, encoded: bytes, templates: dict[str, TemplateCo
     the index meets first: for an image only the identity is taken, from ``ds`` (``identity_only``),
     and the index reads the file itself when the series is new to it.
     """
-    kind = kind_of(ds)
-    if kind in IMAGE_KINDS:
-        return Extracted(
-            kind=kind, template=None, patient_id=str(ds.get("PatientID", "")),
-            study_uid=str(ds.get("StudyInstanceUID", "")), series_uid=str(ds.get("SeriesInstanceUID", "")),
-            sop_uid=str(ds.get("SOPInstanceUID", "")), sop_class_uid=str(ds.get("SOPClassUID", "")),
-            modality=str(ds.get("Modality", "")), entity_date=None, entity_datetime=None, identity_only=True)
+    if kind_of(ds) in IMAGE_KINDS:
+        return _identity(ds)
     return extract_dataset(pydicom.dcmread(io.BytesIO(encoded), stop_before_pixels=True), templates)
 
 

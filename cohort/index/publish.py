@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,7 @@ from cohort.errors import CohortError
 from cohort.index.catalog import FieldInfo, store_template_dirs
 from cohort.index.duck import INDEX_FILE, DuckIndex, Progress
 from cohort.index.schema import TABLES
+from cohort.store import Store
 
 VERSION_FILE = "index.version"
 LOCK_FILE = ".index.lock"
@@ -214,15 +215,40 @@ class SnapshotIndex(DuckIndex):
         return self._catalog
 
 
-def reindex(store: str | Path, progress: Progress | None = None) -> int:
-    """Rebuild the SR items of ``store``'s index from its files (after template configs changed), published
-    as a new version like any update."""
+@dataclass(frozen=True)
+class ReindexReport:
+    """What ``reindex`` did to the index."""
+
+    added: int  # stored files the index lacked (every file, when the index was lost or deleted)
+    removed: int  # indexed files no longer there
+    failed: list[tuple[str, str]]  # stored files that could not be read, with the reason
+    srs: int  # SRs already indexed whose items were extracted again
+
+
+def reindex(store: str | Path, progress: Callable[[str, int, int], None] | None = None, *,
+            workers: int = 1) -> ReindexReport:
+    """Bring ``store``'s index in line with its files and extract every SR's items with the template configs
+    in force; published as a new version like any update.
+
+    The index is a cache of the store: files it lacks are indexed (all of them when ``index.duckdb`` was
+    lost), files gone from the store are forgotten, and the SRs it already held are read again (after
+    template configs changed). ``progress(stage, done, total)``; ``workers`` processes read the files.
+    """
+    def stage(name: str) -> Progress | None:
+        return None if progress is None else (lambda done, total: progress(name, done, total))
+
+    files = list(Store(store).files())
     with update_index(store, publish_unchanged=True) as index:
-        return index.reindex(progress)
+        removed = index.remove(index.missing_files())
+        first_new = index.next_entity_id()
+        added = index.add_files(files, stage("indexing stored files"), workers=workers)
+        srs = index.reindex(stage("re-extracting SR items"), before=first_new)
+    return ReindexReport(added.indexed, removed, added.failed, srs)
 
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-__all__ = ["IndexVersion", "SnapshotIndex", "index_version", "reindex", "update_index", "VERSION_FILE"]
+__all__ = ["IndexVersion", "ReindexReport", "SnapshotIndex", "index_version", "reindex", "update_index",
+           "VERSION_FILE"]
