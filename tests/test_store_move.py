@@ -111,9 +111,15 @@ def _as_schema_2(store: Path, old_root: str) -> None:
 
 def test_schema_2_index_of_a_store_that_moved_is_upgraded(moved, tmp_path) -> None:
     store = _copy(moved, tmp_path)
-    with DuckIndex.for_store(store, read_only=True) as index:
+    outside = tmp_path / "pacs-export" / "one.dcm"  # indexed from outside the store: sorts before /var
+    outside.parent.mkdir()
+    shutil.copyfile(next(Store(moved.store).files()), outside)
+    with DuckIndex.for_store(store) as index:
+        index.remove([next(Store(store).files())])  # the same SOP instance, now only outside the store
+        index.add_files([outside])
         expected = sorted(_paths(index))
-    _as_schema_2(store, "/srv/old-site/data/store")  # where the store was when schema 2 indexed it
+    assert str(outside) in expected
+    _as_schema_2(store, "/var/old-site/data/store")  # where the store was when schema 2 indexed it
     with SnapshotIndex.open(store) as snap:  # what the dashboard and the site's query open
         assert snap.scalar("SELECT value FROM meta WHERE key = 'schema_version'") == SCHEMA_VERSION
         assert sorted(_paths(snap)) == expected

@@ -226,11 +226,16 @@ class DuckIndex:
         if root is None:
             return
         prefixes = set(root_prefixes(root))
-        for (recorded,) in self.con.execute("SELECT path FROM ingested WHERE starts_with(path, '/') "
-                                            "ORDER BY path LIMIT 1").fetchall():
+        # A few recorded paths outside this folder: files of the store where it was before (the first whose
+        # tail exists here tells where that was), or files indexed from outside the store (still there).
+        here = " OR ".join(["starts_with(path, ?)"] * len(prefixes))
+        outside = self.con.execute(f"SELECT path FROM ingested WHERE starts_with(path, '/') AND NOT ({here}) "
+                                   "ORDER BY path LIMIT 20", sorted(prefixes)).fetchall()
+        for (recorded,) in outside:
             old = moved_root(recorded, root)
             if old is not None:
                 prefixes.add(f"{old.rstrip('/')}/")
+                break
         for prefix in sorted(prefixes, key=len, reverse=True):
             for table in ("ingested", "entities"):
                 self.con.execute(f"UPDATE {table} SET path = substr(path, ?) WHERE starts_with(path, ?)",
@@ -577,11 +582,11 @@ def _changed(cursor: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-def _extract_with(path: str, templates: dict[str, TemplateConfig], *, images: str = "full"
+def _extract_with(path: str, templates: dict[str, TemplateConfig],
+                  read: Callable[[str, dict[str, TemplateConfig]], Extracted] = extract_file
                   ) -> tuple[Extracted | None, str | None]:
-    """``extract_file`` (``images="identity"``: ``extract_for_index``), an unreadable file as its error."""
+    """``read(path, templates)``, an unreadable file as its error."""
     try:
-        read = extract_for_index if images == "identity" else extract_file
         return read(path, templates), None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not fatal
         return None, str(exc)
@@ -591,7 +596,7 @@ def _extract_chunk(args: tuple[list[str], tuple[str, ...]]) -> list[tuple[Extrac
     """Rows of a chunk of files; an image's identity only (``add_files`` reads a new series' rows itself)."""
     paths, dirs = args
     templates = load_templates(dirs)  # once per chunk: it checks every config file's mtime
-    return [_extract_with(p, templates, images="identity") for p in paths]
+    return [_extract_with(p, templates, extract_for_index) for p in paths]
 
 
 _CHUNK = 32
