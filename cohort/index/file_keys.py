@@ -2,10 +2,10 @@
 
 A store is one folder (``STORE/index.duckdb`` beside the objects). From schema 3 on, a file inside that
 folder is named by its path relative to it, so a store copied elsewhere, renamed, or mounted at another
-point (the site image reads it at ``/site/store``, docs/deploy) still finds its files. A file outside
-the store (``cohort index`` of a folder elsewhere) keeps its absolute path. Older indexes held absolute
-paths of wherever the store was when it was indexed; ``moved_root`` finds that old folder so the
-upgrade can rename them.
+point (the site image reads it at ``/site/store``, docs/deployment.md) still finds its files. A file
+outside the store (``DuckIndex.add_files`` of files elsewhere) keeps its absolute path. Older indexes
+held absolute paths of wherever the store was when it was indexed; ``moved_root`` finds that old folder
+so the upgrade can rename them.
 """
 
 from __future__ import annotations
