@@ -59,14 +59,18 @@ def restore_as_read(ds: Dataset, as_read: dict[BaseTag, RawDataElement], rewritt
     decode_in_place(ds, {tag for tag in rewritten if tag in ds})
 
 
+def _takes_data_sets(in_meta: Any, in_ds: Any) -> bool:
+    """dcmwrite's rule for the file meta's SOP class or instance: it takes the data set's when the meta
+    lacks one or the data set has a different one."""
+    return in_meta is None or bool(in_ds and in_ds != in_meta)
+
+
 def _synced_meta(meta: FileMetaDataset, ds_class: Any, ds_instance: Any) -> FileMetaDataset:
     """dcmwrite's copy of the file meta, with the SOP class and instance taken from the data set."""
     copy = deepcopy(meta)
-    meta_class, meta_instance = copy.get("MediaStorageSOPClassUID"), copy.get("MediaStorageSOPInstanceUID")
-    if meta_class is None or (ds_class and ds_class != meta_class):
-        copy.MediaStorageSOPClassUID = ds_class
-    if meta_instance is None or (ds_instance and ds_instance != meta_instance):
-        copy.MediaStorageSOPInstanceUID = ds_instance
+    for keyword, in_ds in (("MediaStorageSOPClassUID", ds_class), ("MediaStorageSOPInstanceUID", ds_instance)):
+        if _takes_data_sets(copy.get(keyword), in_ds):
+            setattr(copy, keyword, in_ds)
     return copy
 
 
@@ -85,10 +89,9 @@ def _file_meta_bytes(meta: FileMetaDataset, ds_class: Any, ds_instance: Any) -> 
         if isinstance(elem, RawDataElement) or elem.VR not in ("UI", "SH", "AE", "OB", "UL"):
             return None
         values[int(tag)] = (elem.VR, elem.value)
-    if _SOP_CLASS not in values or (ds_class and ds_class != values[_SOP_CLASS][1]):
-        values[_SOP_CLASS] = ("UI", ds_class)
-    if _SOP_INSTANCE not in values or (ds_instance and ds_instance != values[_SOP_INSTANCE][1]):
-        values[_SOP_INSTANCE] = ("UI", ds_instance)
+    for number, in_ds in ((_SOP_CLASS, ds_class), (_SOP_INSTANCE, ds_instance)):
+        if _takes_data_sets(values[number][1] if number in values else None, in_ds):
+            values[number] = ("UI", in_ds)
     # What validate_file_meta adds to a meta group that lacks it.
     if not values.get(_VERSION, ("OB", None))[1]:
         values[_VERSION] = ("OB", b"\x00\x01")
